@@ -1,0 +1,24 @@
+//! callrelay: a small relay for one-to-one audio/video calls between Qt 5
+//! clients that speak QDataStream over TCP (see `docs/protocol.md`).
+//!
+//! The layers point one way, and only `server` does I/O:
+//!
+//! ```text
+//! protocol  <-  relay  <-  server  <-  main (src/main.rs)
+//! (bytes)      (calls)    (mio loop, sockets, buffers, timers)
+//! ```
+//!
+//! - [`protocol`]: QDataStream codec, message types, the incremental parser.
+//! - [`relay`]: registrations and calls as plain state machines returning
+//!   [`relay::Action`]s; no sockets, no buffers.
+//! - [`server`]: the single-threaded mio poll loop that owns a slab of
+//!   connections and applies the relay's actions.
+//! - [`config`]: command-line options, defaults and validation.
+//! - [`ids`]: identifier newtypes shared by the layers.
+#![deny(missing_docs)]
+
+// pub mod config;
+pub mod ids;
+pub mod protocol;
+// pub mod relay;
+// pub mod server;
