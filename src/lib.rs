@@ -17,8 +17,9 @@
 //! - [`ids`]: identifier newtypes shared by the layers.
 #![deny(missing_docs)]
 
-// pub mod config;
+pub mod config;
 pub mod ids;
+pub mod metrics;
 pub mod protocol;
-// pub mod relay;
-// pub mod server;
+pub mod relay;
+pub mod server;

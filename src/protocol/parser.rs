@@ -201,6 +201,16 @@ impl FrameParser {
         self.body.is_some()
     }
 
+    /// The kind of body being streamed, if any.
+    pub fn body_kind(&self) -> Option<BodyKind> {
+        self.body.map(|body| body.kind)
+    }
+
+    /// Bytes of the body in progress not parsed yet (0 if none).
+    pub fn body_remaining(&self) -> u64 {
+        self.body.map_or(0, |body| body.remaining)
+    }
+
     /// Parses the next piece of `input` (the unconsumed bytes). The caller
     /// must consume exactly the bytes the result reports before calling again.
     pub fn parse<'a>(

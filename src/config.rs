@@ -1,0 +1,337 @@
+//! Command-line options: parsing (getopts), defaults, validation and the
+//! `--help` text. Produces a [`Config`]; knows nothing of sockets.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use getopts::Options;
+
+use crate::ids::USER_ID_MAX_BYTES;
+use crate::protocol::Limits;
+
+/// Default listen address (PROTOCOL.md: port 8888 on every interface).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8888";
+/// Default connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default soft output limit: media to the connection is dropped above it.
+pub const DEFAULT_OUTPUT_SOFT: usize = 256 * 1024;
+/// Default hard output limit: the connection is closed above it.
+pub const DEFAULT_OUTPUT_HARD: usize = 8 * 1024 * 1024;
+/// Default registration timeout.
+pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default ring timeout.
+pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default seed media grace period after a call ends.
+pub const DEFAULT_MEDIA_GRACE: Duration = Duration::from_secs(1);
+/// Default time a closing connection gets to take its last bytes.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+
+/// The timeouts the server enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection must register within this.
+    pub register: Duration,
+    /// A registered connection silent for this long is closed.
+    pub idle: Duration,
+    /// A call not answered within this is refused with "timeout".
+    pub ring: Duration,
+    /// Seed media arriving this long after its call ended is dropped quietly.
+    pub media_grace: Duration,
+    /// A closing connection gets this long to take its last bytes.
+    pub linger: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            register: DEFAULT_REGISTER_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            ring: DEFAULT_RING_TIMEOUT,
+            media_grace: DEFAULT_MEDIA_GRACE,
+            linger: DEFAULT_LINGER,
+        }
+    }
+}
+
+/// Everything the server needs to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Frame and field size limits.
+    pub limits: Limits,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Soft output limit per connection, in bytes.
+    pub output_soft: usize,
+    /// Hard output limit per connection, in bytes.
+    pub output_hard: usize,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8888)),
+            limits: Limits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            output_soft: DEFAULT_OUTPUT_SOFT,
+            output_hard: DEFAULT_OUTPUT_HARD,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the relay.
+    Run(Config),
+    /// Print this help text and exit.
+    Help(String),
+    /// Print the version and exit.
+    Version,
+}
+
+/// A command line that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (see --help)", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn options() -> Options {
+    let mut opts = Options::new();
+    opts.optopt("l", "listen", "address to listen on (default 0.0.0.0:8888)", "ADDR");
+    opts.optopt("p", "port", "port to listen on, on every interface (shorthand for --listen 0.0.0.0:PORT)", "PORT");
+    opts.optopt("", "register-timeout", "close connections that have not registered within this (default 10)", "SECS");
+    opts.optopt("", "idle-timeout", "close registered connections silent for this long, ending their calls (default 90)", "SECS");
+    opts.optopt("", "ring-timeout", "refuse calls not answered within this with \"timeout\" (default 30)", "SECS");
+    opts.optopt("", "media-grace", "after a call ends, drop a seed client's stale media for this long instead of failing it (default 1; 0 = off)", "SECS");
+    opts.optopt("", "linger-timeout", "time a closing connection gets to take its last bytes (default 2)", "SECS");
+    opts.optopt("", "max-connections", "most connections at once; more are accepted and closed at once (default 10000)", "N");
+    opts.optopt("", "max-user-id", "most UTF-8 bytes in a user id, at most 128 (default 128)", "BYTES");
+    opts.optopt("", "max-field", "most UTF-16 bytes in a QString field other than TEXT's text (default 1K)", "SIZE");
+    opts.optopt("", "max-text", "most UTF-16 bytes in a TEXT message's text (default 64K)", "SIZE");
+    opts.optopt("", "max-file", "most bytes of FILE data (default 64M)", "SIZE");
+    opts.optopt("", "max-media", "most bytes of a length-prefixed media payload (default 4M)", "SIZE");
+    opts.optopt("", "output-soft", "output buffer size above which media to a connection is dropped whole frames at a time and file senders wait (default 256K)", "SIZE");
+    opts.optopt("", "output-hard", "output buffer size above which a connection is closed (default 8M)", "SIZE");
+    opts.optflag("h", "help", "print this help and exit");
+    opts.optflag("V", "version", "print the version and exit");
+    opts
+}
+
+/// The `--help` text.
+pub fn usage(program: &str) -> String {
+    let brief = format!(
+        "Usage: {program} [options]\n\n\
+         callrelay relays one-to-one audio/video calls, text and files between\n\
+         Qt 5 clients speaking QDataStream (Qt_5_9) over TCP. See docs/protocol.md.\n\n\
+         SECS accepts fractions (0.5). SIZE accepts a K, M or G suffix (powers of 1024).\n\
+         Logging: RUST_LOG=error|warn|info|debug|trace (default info), on stderr."
+    );
+    options().usage(&brief)
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError> {
+    let matches = options()
+        .parse(args)
+        .map_err(|error| ConfigError::new(error.to_string()))?;
+    if matches.opt_present("help") {
+        return Ok(Command::Help(usage(program)));
+    }
+    if matches.opt_present("version") {
+        return Ok(Command::Version);
+    }
+    if let Some(extra) = matches.free.first() {
+        return Err(ConfigError::new(format!("unexpected argument {extra:?}")));
+    }
+    let mut config = Config::default();
+    if let Some(port) = matches.opt_str("port") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| ConfigError::new(format!("--port: {port:?} is not a port number")))?;
+        config.listen.set_port(port);
+    }
+    if let Some(listen) = matches.opt_str("listen") {
+        if matches.opt_present("port") {
+            return Err(ConfigError::new("give --listen or --port, not both"));
+        }
+        config.listen = parse_addr(&listen)?;
+    }
+    let timeouts = &mut config.timeouts;
+    read_secs(&matches, "register-timeout", &mut timeouts.register, false)?;
+    read_secs(&matches, "idle-timeout", &mut timeouts.idle, false)?;
+    read_secs(&matches, "ring-timeout", &mut timeouts.ring, false)?;
+    read_secs(&matches, "media-grace", &mut timeouts.media_grace, true)?;
+    read_secs(&matches, "linger-timeout", &mut timeouts.linger, true)?;
+    if let Some(count) = matches.opt_str("max-connections") {
+        config.max_connections = parse_count(&count, "max-connections")?;
+    }
+    let limits = &mut config.limits;
+    if let Some(bytes) = matches.opt_str("max-user-id") {
+        let bytes = parse_count(&bytes, "max-user-id")?;
+        if bytes > USER_ID_MAX_BYTES {
+            return Err(ConfigError::new(format!(
+                "--max-user-id: at most {USER_ID_MAX_BYTES} (the heartbeat suffix rule relies on it)"
+            )));
+        }
+        limits.max_user_id = bytes;
+    }
+    read_size(&matches, "max-field", &mut limits.max_field)?;
+    read_size(&matches, "max-text", &mut limits.max_text)?;
+    let mut max_file = usize::try_from(limits.max_file).unwrap_or(usize::MAX);
+    read_size(&matches, "max-file", &mut max_file)?;
+    limits.max_file = max_file as u64;
+    let mut max_media = limits.max_media as usize;
+    read_size(&matches, "max-media", &mut max_media)?;
+    limits.max_media = u32::try_from(max_media)
+        .ok()
+        .filter(|media| *media < u32::MAX)
+        .ok_or_else(|| ConfigError::new("--max-media: at most 4G - 2"))?;
+    if limits.max_file >= u64::from(u32::MAX) {
+        return Err(ConfigError::new("--max-file: at most 4G - 2 (a QByteArray length)"));
+    }
+    if limits.max_field.max(limits.max_text) >= 16 * 1024 * 1024 {
+        return Err(ConfigError::new(
+            "--max-field and --max-text: below 16M (the heartbeat suffix rule relies on it)",
+        ));
+    }
+    read_size(&matches, "output-soft", &mut config.output_soft)?;
+    read_size(&matches, "output-hard", &mut config.output_hard)?;
+    if config.output_soft > config.output_hard {
+        return Err(ConfigError::new("--output-soft must not exceed --output-hard"));
+    }
+    Ok(Command::Run(config))
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, ConfigError> {
+    let bad = || ConfigError::new(format!("--listen: {text:?} is not an address like 0.0.0.0:8888"));
+    text.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+}
+
+fn parse_count(text: &str, name: &str) -> Result<usize, ConfigError> {
+    match text.parse::<usize>() {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(ConfigError::new(format!("--{name}: {text:?} is not a positive whole number"))),
+    }
+}
+
+fn read_secs(
+    matches: &getopts::Matches,
+    name: &str,
+    target: &mut Duration,
+    zero_allowed: bool,
+) -> Result<(), ConfigError> {
+    let Some(text) = matches.opt_str(name) else {
+        return Ok(());
+    };
+    let bad = || ConfigError::new(format!("--{name}: {text:?} is not a number of seconds"));
+    let secs: f64 = text.parse().map_err(|_| bad())?;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 || (secs == 0.0 && !zero_allowed) {
+        return Err(bad());
+    }
+    *target = Duration::from_secs_f64(secs);
+    Ok(())
+}
+
+fn read_size(matches: &getopts::Matches, name: &str, target: &mut usize) -> Result<(), ConfigError> {
+    if let Some(text) = matches.opt_str(name) {
+        *target = parse_size(&text)
+            .filter(|size| *size > 0)
+            .ok_or_else(|| ConfigError::new(format!("--{name}: {text:?} is not a size like 65536, 64K or 8M")))?;
+    }
+    Ok(())
+}
+
+/// Parses `123`, `64K`, `8M` or `1G` (powers of 1024).
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last()? {
+        (at, 'k' | 'K') => (&text[..at], 1024),
+        (at, 'm' | 'M') => (&text[..at], 1024 * 1024),
+        (at, 'g' | 'G') => (&text[..at], 1024 * 1024 * 1024),
+        _ => (text, 1),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, ConfigError> {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        parse_args("callrelay", &args)
+    }
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let Ok(Command::Run(config)) = parse(&[]) else {
+            panic!("defaults parse");
+        };
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen.port(), 8888);
+    }
+
+    #[test]
+    fn options_are_applied() {
+        let Ok(Command::Run(config)) = parse(&[
+            "-p", "9000", "--idle-timeout", "0.5", "--max-text", "8K", "--output-soft", "1M",
+            "--media-grace", "0",
+        ]) else {
+            panic!("valid options parse");
+        };
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.timeouts.idle, Duration::from_millis(500));
+        assert_eq!(config.limits.max_text, 8192);
+        assert_eq!(config.output_soft, 1024 * 1024);
+        assert_eq!(config.timeouts.media_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_options_are_errors() {
+        for args in [
+            &["--port", "x"][..],
+            &["--idle-timeout", "-1"],
+            &["--ring-timeout", "0"],
+            &["--max-user-id", "129"],
+            &["--output-soft", "9M"],
+            &["--max-text", "lots"],
+            &["--bogus"],
+            &["extra"],
+            &["--listen", "nowhere"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_size("64K"), Some(65536));
+        assert_eq!(parse_size("8m"), Some(8 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("K"), None);
+    }
+}

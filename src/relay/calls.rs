@@ -1,0 +1,154 @@
+//! The call table: each call's parties and its state machine. Plain data;
+//! the decisions (who may do what) are in `relay/mod.rs`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::ids::{CallId, ConnId, UserId};
+
+/// One side of a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Party {
+    /// Its connection.
+    pub conn: ConnId,
+    /// Its user id.
+    pub user: UserId,
+}
+
+/// Where a call stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallState {
+    /// Sent to the callee, not answered yet; times out at `deadline`.
+    Ringing {
+        /// When the ring timeout fires.
+        deadline: Instant,
+    },
+    /// Accepted: media flows between the parties.
+    Active,
+}
+
+/// A call between two users.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// Its id.
+    pub id: CallId,
+    /// Who called.
+    pub caller: Party,
+    /// Who was called.
+    pub callee: Party,
+    /// The caller's isVideo byte.
+    pub video: u8,
+    /// Its state.
+    pub state: CallState,
+}
+
+/// Which side of a call a connection is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// It placed the call.
+    Caller,
+    /// It was called.
+    Callee,
+}
+
+impl Call {
+    /// The role `conn` has in this call, if any.
+    pub fn role_of(&self, conn: ConnId) -> Option<Role> {
+        if self.caller.conn == conn {
+            Some(Role::Caller)
+        } else if self.callee.conn == conn {
+            Some(Role::Callee)
+        } else {
+            None
+        }
+    }
+
+    /// The party other than `conn`.
+    pub fn other_party(&self, conn: ConnId) -> &Party {
+        if self.caller.conn == conn {
+            &self.callee
+        } else {
+            &self.caller
+        }
+    }
+}
+
+/// Why a call ended, for the log and the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndReason {
+    /// A party sent CALL_END.
+    Hangup,
+    /// The callee rejected a ringing call.
+    Rejected,
+    /// The caller rejected (cancelled) its own call.
+    Cancelled,
+    /// Nobody answered within the ring timeout.
+    RingTimeout,
+    /// A party's connection closed (disconnect, replacement, timeout, error).
+    PartyLeft,
+}
+
+impl EndReason {
+    /// Every reason, for counters.
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Hangup,
+        EndReason::Rejected,
+        EndReason::Cancelled,
+        EndReason::RingTimeout,
+        EndReason::PartyLeft,
+    ];
+
+    /// A short name for logs and metrics labels.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndReason::Hangup => "hangup",
+            EndReason::Rejected => "rejected",
+            EndReason::Cancelled => "cancelled",
+            EndReason::RingTimeout => "ring_timeout",
+            EndReason::PartyLeft => "party_left",
+        }
+    }
+}
+
+/// The live calls by id.
+#[derive(Default)]
+pub struct Calls {
+    by_id: HashMap<CallId, Call>,
+}
+
+impl Calls {
+    /// Adds a call.
+    pub fn insert(&mut self, call: Call) {
+        self.by_id.insert(call.id.clone(), call);
+    }
+
+    /// Looks a call up.
+    pub fn get(&self, id: &CallId) -> Option<&Call> {
+        self.by_id.get(id)
+    }
+
+    /// Looks a call up, mutably.
+    pub fn get_mut(&mut self, id: &CallId) -> Option<&mut Call> {
+        self.by_id.get_mut(id)
+    }
+
+    /// Removes a call.
+    pub fn remove(&mut self, id: &CallId) -> Option<Call> {
+        self.by_id.remove(id)
+    }
+
+    /// True if `id` names a live call.
+    pub fn contains(&self, id: &CallId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// (ringing, active) counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let ringing = self
+            .by_id
+            .values()
+            .filter(|call| matches!(call.state, CallState::Ringing { .. }))
+            .count();
+        (ringing, self.by_id.len() - ringing)
+    }
+}

@@ -1,0 +1,517 @@
+//! The relay's decisions: registrations, calls (PROTOCOL.md section 5) and
+//! the routing of text and files (section 6), as plain code.
+//!
+//! [`Relay`] is told what a connection did and answers with [`Action`]s that
+//! the server applies: frames to send, connections to close, media links to
+//! set or clear, timers to arm. It never sees a socket, a buffer or a token,
+//! so every rule here is unit-tested without I/O.
+
+pub mod call_id;
+pub mod calls;
+pub mod registry;
+
+use std::time::{Duration, Instant};
+
+use log::{debug, info};
+
+use crate::ids::{CallId, ConnId, USER_ID_MAX_BYTES, UserId};
+use crate::protocol::ErrorCode;
+use crate::protocol::frame::{ClientFrame, ServerFrame};
+use crate::protocol::qdatastream::{QStr, QString};
+use call_id::CallIdSource;
+use calls::{Call, CallState, Calls, EndReason, Party, Role};
+use registry::Registry;
+
+/// Something the server must do on the relay's behalf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a frame (in the receiver's framing).
+    Send {
+        /// Receiver.
+        to: ConnId,
+        /// The frame.
+        frame: ServerFrame,
+    },
+    /// Report a non-fatal error: length-prefixed connections get ERROR; seed
+    /// connections get nothing (PROTOCOL.md section 2), the server logs it.
+    Notify {
+        /// Receiver.
+        to: ConnId,
+        /// The code.
+        code: ErrorCode,
+        /// Detail for the log and the frame.
+        detail: String,
+    },
+    /// Send ERROR and close the connection.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The code.
+        code: ErrorCode,
+    },
+    /// Media from `conn` now goes to `peer` (one action per direction).
+    Link {
+        /// The sender side.
+        conn: ConnId,
+        /// Where its media goes.
+        peer: ConnId,
+        /// The call that links them.
+        call_id: CallId,
+        /// The peer's user id (a CALL_END ref naming it ends the call).
+        peer_user: UserId,
+    },
+    /// The call linking `conn` to a peer ended.
+    Unlink {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Call [`Relay::on_timer`] with `timer` at `at`.
+    ArmTimer {
+        /// When.
+        at: Instant,
+        /// What.
+        timer: RelayTimer,
+    },
+}
+
+/// A timer the relay asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayTimer {
+    /// The ring timeout of a call.
+    Ring(CallId),
+}
+
+/// Where a FILE goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileRoute {
+    /// To this connection, with this sender id.
+    Deliver {
+        /// Receiver.
+        to: ConnId,
+        /// The sender's user id, for the `from` field.
+        from: UserId,
+    },
+    /// Nobody by that id is online: the data is discarded.
+    Undeliverable,
+}
+
+/// Counters the relay keeps for operators.
+#[derive(Clone, Debug, Default)]
+pub struct RelayStats {
+    /// Calls placed (rung), ever.
+    pub calls_started: u64,
+    /// Calls accepted, ever.
+    pub calls_accepted: u64,
+    /// REQUESTs refused (invalid, busy, offline), ever.
+    pub calls_refused: u64,
+    /// Calls ended, by reason (indexed like [`EndReason::ALL`]).
+    pub calls_ended: [u64; EndReason::ALL.len()],
+    /// TEXT messages delivered.
+    pub texts_relayed: u64,
+    /// TEXT messages to nobody online.
+    pub texts_undeliverable: u64,
+    /// FILE messages routed to an online user.
+    pub files_relayed: u64,
+    /// FILE messages to nobody online.
+    pub files_undeliverable: u64,
+}
+
+/// Registrations and calls.
+pub struct Relay {
+    registry: Registry,
+    calls: Calls,
+    ring_timeout: Duration,
+    max_user_id: usize,
+    ids: CallIdSource,
+    stats: RelayStats,
+}
+
+impl Relay {
+    /// A relay with no users, ringing calls for `ring_timeout`.
+    pub fn new(ring_timeout: Duration, max_user_id: usize) -> Relay {
+        Relay {
+            registry: Registry::default(),
+            calls: Calls::default(),
+            ring_timeout,
+            max_user_id: max_user_id.min(USER_ID_MAX_BYTES),
+            ids: CallIdSource::new(),
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &RelayStats {
+        &self.stats
+    }
+
+    /// Users online.
+    pub fn online(&self) -> usize {
+        self.registry.online()
+    }
+
+    /// (ringing, active) calls.
+    pub fn call_counts(&self) -> (usize, usize) {
+        self.calls.counts()
+    }
+
+    /// `conn` registered `user`. A connection already holding that id is
+    /// replaced: it gets ERROR `replaced` and its call ends.
+    pub fn register(&mut self, conn: ConnId, user: UserId, out: &mut Vec<Action>) {
+        info!("{conn} registered as {user}");
+        if let Some(old) = self.registry.register(conn, user.clone()) {
+            info!("{old} replaced by {conn} for {user}");
+            self.leave(old, out);
+            out.push(Action::Close {
+                conn: old,
+                code: ErrorCode::Replaced,
+            });
+        }
+    }
+
+    /// `conn` is gone (closed, timed out, replaced, protocol error): its
+    /// call ends for the other party and its id goes offline.
+    pub fn leave(&mut self, conn: ConnId, out: &mut Vec<Action>) {
+        if let Some(call_id) = self.registry.session(conn).and_then(|s| s.call.clone()) {
+            if let Some(call) = self.calls.get(&call_id) {
+                let other = call.other_party(conn).conn;
+                self.end_call(&call_id, EndReason::PartyLeft, &[other], out);
+            }
+        }
+        self.registry.remove(conn);
+    }
+
+    /// The user id `conn` registered, if it did.
+    pub fn user_of(&self, conn: ConnId) -> Option<&UserId> {
+        self.registry.session(conn).map(|session| &session.user)
+    }
+
+    /// A signaling or TEXT frame from registered `conn`. Registration,
+    /// heartbeats and FILE headers have their own entry points.
+    pub fn on_frame(
+        &mut self,
+        conn: ConnId,
+        frame: &ClientFrame<'_>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.registry.session(conn).is_none() {
+            return;
+        }
+        match *frame {
+            ClientFrame::CallRequest { callee, video } => self.request(conn, callee, video, now, out),
+            ClientFrame::CallAccept { call_ref } => self.accept(conn, call_ref, out),
+            ClientFrame::CallReject { call_ref, reason } => self.reject(conn, call_ref, reason, out),
+            ClientFrame::CallEnd { call_ref } => self.hang_up(conn, call_ref, out),
+            ClientFrame::Text { to, text } => self.text(conn, to, text, out),
+            ClientFrame::Register { .. } | ClientFrame::FileStart { .. } | ClientFrame::Heartbeat => {}
+        }
+    }
+
+    /// Where a FILE from `conn` to `to` would go. No side effect: the
+    /// server may ask again for the same FILE after waiting for the
+    /// receiver; it reports the outcome with [`Relay::note_file`].
+    pub fn route_file(&self, conn: ConnId, to: QStr<'_>) -> FileRoute {
+        let Some(from) = self.user_of(conn).cloned() else {
+            return FileRoute::Undeliverable;
+        };
+        match self.online_user(to) {
+            Some(receiver) => FileRoute::Deliver { to: receiver, from },
+            None => {
+                info!("{conn} ({from}) FILE to {:?}: not online", to.to_string_lossy());
+                FileRoute::Undeliverable
+            }
+        }
+    }
+
+    /// Counts a FILE the server delivered or discarded.
+    pub fn note_file(&mut self, delivered: bool) {
+        if delivered {
+            self.stats.files_relayed += 1;
+        } else {
+            self.stats.files_undeliverable += 1;
+        }
+    }
+
+    /// A timer the relay armed has fired.
+    pub fn on_timer(&mut self, timer: &RelayTimer, now: Instant, out: &mut Vec<Action>) {
+        let RelayTimer::Ring(call_id) = timer;
+        let Some(call) = self.calls.get(call_id) else {
+            return;
+        };
+        if let CallState::Ringing { deadline } = call.state {
+            if now >= deadline {
+                let (caller, callee) = (call.caller.conn, call.callee.conn);
+                out.push(Action::Send {
+                    to: caller,
+                    frame: ServerFrame::CallReject {
+                        call_id: call_id.clone(),
+                        reason: QString::from_str("timeout"),
+                    },
+                });
+                out.push(Action::Send {
+                    to: callee,
+                    frame: ServerFrame::CallEnd {
+                        call_id: call_id.clone(),
+                    },
+                });
+                self.end_call(call_id, EndReason::RingTimeout, &[], out);
+            }
+        }
+    }
+
+    fn online_user(&self, name: QStr<'_>) -> Option<ConnId> {
+        let user = UserId::from_string(name.to_string_strict()?, self.max_user_id).ok()?;
+        self.registry.lookup(&user)
+    }
+
+    fn request(&mut self, conn: ConnId, callee: QStr<'_>, video: u8, now: Instant, out: &mut Vec<Action>) {
+        let Some(caller) = self.user_of(conn).cloned() else {
+            return;
+        };
+        let callee_user = callee
+            .to_string_strict()
+            .and_then(|name| UserId::from_string(name, self.max_user_id).ok());
+        let refusal = match &callee_user {
+            None => Some("invalid"),
+            Some(user) if *user == caller => Some("invalid"),
+            Some(_) if self.in_call(conn) => Some("busy"),
+            Some(user) => match self.registry.lookup(user) {
+                None => Some("offline"),
+                Some(callee_conn) if self.in_call(callee_conn) => Some("busy"),
+                Some(_) => None,
+            },
+        };
+        let call_id = self.fresh_id();
+        let (Some(callee_user), None) = (callee_user, refusal) else {
+            let reason = refusal.unwrap_or("invalid");
+            self.stats.calls_refused += 1;
+            info!(
+                "{conn} ({caller}) call to {:?} refused: {reason} (call {call_id})",
+                callee.to_string_lossy()
+            );
+            out.push(Action::Send {
+                to: conn,
+                frame: ServerFrame::CallReject {
+                    call_id,
+                    reason: QString::from_str(reason),
+                },
+            });
+            return;
+        };
+        let Some(callee_conn) = self.registry.lookup(&callee_user) else {
+            return;
+        };
+        let deadline = now + self.ring_timeout;
+        info!("call {call_id}: {caller} -> {callee_user} ringing (video {video})");
+        self.stats.calls_started += 1;
+        out.push(Action::Send {
+            to: callee_conn,
+            frame: ServerFrame::CallRequest {
+                call_id: call_id.clone(),
+                caller: caller.clone(),
+                video,
+            },
+        });
+        out.push(Action::ArmTimer {
+            at: deadline,
+            timer: RelayTimer::Ring(call_id.clone()),
+        });
+        self.set_call(conn, Some(call_id.clone()));
+        self.set_call(callee_conn, Some(call_id.clone()));
+        self.calls.insert(Call {
+            id: call_id,
+            caller: Party { conn, user: caller },
+            callee: Party {
+                conn: callee_conn,
+                user: callee_user,
+            },
+            video,
+            state: CallState::Ringing { deadline },
+        });
+    }
+
+    fn accept(&mut self, conn: ConnId, call_ref: QStr<'_>, out: &mut Vec<Action>) {
+        let Some(call_id) = self.resolve(conn, call_ref) else {
+            return self.no_such_call(conn, "CALL_ACCEPT", call_ref, out);
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        match (call.role_of(conn), call.state) {
+            (Some(Role::Callee), CallState::Ringing { .. }) => {
+                call.state = CallState::Active;
+                self.stats.calls_accepted += 1;
+                info!("call {call_id}: accepted by {}", call.callee.user);
+                let (caller, callee) = (call.caller.clone(), call.callee.clone());
+                for (me, peer) in [(&caller, &callee), (&callee, &caller)] {
+                    out.push(Action::Send {
+                        to: me.conn,
+                        frame: ServerFrame::CallAccept {
+                            call_id: call_id.clone(),
+                        },
+                    });
+                    out.push(Action::Link {
+                        conn: me.conn,
+                        peer: peer.conn,
+                        call_id: call_id.clone(),
+                        peer_user: peer.user.clone(),
+                    });
+                }
+            }
+            (Some(Role::Callee), CallState::Active) => {
+                debug!("call {call_id}: accepted again by {conn}; ignored");
+            }
+            _ => self.no_such_call(conn, "CALL_ACCEPT", call_ref, out),
+        }
+    }
+
+    fn reject(&mut self, conn: ConnId, call_ref: QStr<'_>, reason: QStr<'_>, out: &mut Vec<Action>) {
+        let Some(call_id) = self.resolve(conn, call_ref) else {
+            return self.no_such_call(conn, "CALL_REJECT", call_ref, out);
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let both = [call.caller.conn, call.callee.conn];
+        match (call.role_of(conn), call.state) {
+            (Some(Role::Callee), CallState::Ringing { .. }) => {
+                info!(
+                    "call {call_id}: rejected by {} ({:?})",
+                    call.callee.user,
+                    reason.to_string_lossy()
+                );
+                for to in both {
+                    out.push(Action::Send {
+                        to,
+                        frame: ServerFrame::CallReject {
+                            call_id: call_id.clone(),
+                            reason: reason.to_owned_qstring(),
+                        },
+                    });
+                }
+                self.end_call(&call_id, EndReason::Rejected, &[], out);
+            }
+            (Some(Role::Caller), _) => self.end_call(&call_id, EndReason::Cancelled, &both, out),
+            (Some(Role::Callee), CallState::Active) => {
+                self.end_call(&call_id, EndReason::Hangup, &both, out)
+            }
+            (None, _) => self.no_such_call(conn, "CALL_REJECT", call_ref, out),
+        }
+    }
+
+    fn hang_up(&mut self, conn: ConnId, call_ref: QStr<'_>, out: &mut Vec<Action>) {
+        let Some(call_id) = self.resolve(conn, call_ref) else {
+            return self.no_such_call(conn, "CALL_END", call_ref, out);
+        };
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        let both = [call.caller.conn, call.callee.conn];
+        self.end_call(&call_id, EndReason::Hangup, &both, out);
+    }
+
+    fn text(&mut self, conn: ConnId, to: QStr<'_>, text: QStr<'_>, out: &mut Vec<Action>) {
+        let Some(from) = self.user_of(conn).cloned() else {
+            return;
+        };
+        match self.online_user(to) {
+            Some(receiver) => {
+                self.stats.texts_relayed += 1;
+                debug!("{conn} ({from}) TEXT to {receiver}");
+                out.push(Action::Send {
+                    to: receiver,
+                    frame: ServerFrame::Text {
+                        from,
+                        text: text.to_owned_qstring(),
+                    },
+                });
+            }
+            None => {
+                self.stats.texts_undeliverable += 1;
+                let detail = format!("{:?} is not online", to.to_string_lossy());
+                info!("{conn} ({from}) TEXT to {}: not online", to.to_string_lossy());
+                out.push(Action::Notify {
+                    to: conn,
+                    code: ErrorCode::Offline,
+                    detail,
+                });
+            }
+        }
+    }
+
+    /// Removes a call, unlinks its parties and sends CALL_END to `notify`.
+    fn end_call(&mut self, call_id: &CallId, reason: EndReason, notify: &[ConnId], out: &mut Vec<Action>) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
+        info!(
+            "call {call_id}: ended ({}) between {} and {}",
+            reason.as_str(),
+            call.caller.user,
+            call.callee.user
+        );
+        if let Some(index) = EndReason::ALL.iter().position(|r| *r == reason) {
+            self.stats.calls_ended[index] += 1;
+        }
+        for to in notify {
+            out.push(Action::Send {
+                to: *to,
+                frame: ServerFrame::CallEnd {
+                    call_id: call_id.clone(),
+                },
+            });
+        }
+        for party in [&call.caller, &call.callee] {
+            self.set_call(party.conn, None);
+            if call.state == CallState::Active {
+                out.push(Action::Unlink { conn: party.conn });
+            }
+        }
+    }
+
+    /// The sender's call that `call_ref` names: its id, the other party's
+    /// user id, or empty/null for "my current call".
+    fn resolve(&self, conn: ConnId, call_ref: QStr<'_>) -> Option<CallId> {
+        let call_id = self.registry.session(conn)?.call.clone()?;
+        let call = self.calls.get(&call_id)?;
+        if call_ref.is_empty() {
+            return Some(call_id);
+        }
+        let named = call_ref.to_string_strict()?;
+        (named == call_id.as_str() || named == call.other_party(conn).user.as_str()).then_some(call_id)
+    }
+
+    fn no_such_call(&self, conn: ConnId, what: &str, call_ref: QStr<'_>, out: &mut Vec<Action>) {
+        let shown = call_ref.to_string_lossy();
+        info!("{conn} {what} {shown:?}: names no call of the sender; ignored");
+        out.push(Action::Notify {
+            to: conn,
+            code: ErrorCode::NoSuchCall,
+            detail: format!("{what} {shown:?} names no call of yours"),
+        });
+    }
+
+    fn in_call(&self, conn: ConnId) -> bool {
+        self.registry
+            .session(conn)
+            .is_some_and(|session| session.call.is_some())
+    }
+
+    fn set_call(&mut self, conn: ConnId, call: Option<CallId>) {
+        if let Some(session) = self.registry.session_mut(conn) {
+            session.call = call;
+        }
+    }
+
+    fn fresh_id(&mut self) -> CallId {
+        loop {
+            let id = self.ids.next_id();
+            if !self.calls.contains(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

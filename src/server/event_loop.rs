@@ -1,0 +1,1029 @@
+//! The poll loop: accept, read, parse, forward, write, time out, close.
+//!
+//! [`Server`] owns the mio `Poll`, the listener, a `Slab` of connections,
+//! the deadline heap and the [`Relay`]. It turns bytes into parser results,
+//! hands frames to the relay, applies the relay's [`Action`]s, and forwards
+//! media and file bodies from a sender's read buffer straight to the peer's
+//! socket. It knows frame boundaries and who is linked to whom, never why.
+//!
+//! One iteration: poll; note readiness (accepted sockets are queued and
+//! inserted only after the batch, so a slot is never reused within it);
+//! service the connections with input; fire due timers; flush output that
+//! frames were appended to; reap closed connections.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::buffer::BufferPool;
+use super::connection::{BodyTarget, ConnState, Connection, MediaLink, ReadOutcome};
+use super::socket::{self, SocketResult};
+use super::timers::Timers;
+use crate::config::Config;
+use crate::ids::{ConnId, UserId};
+use crate::metrics::Counters;
+use crate::protocol::frame::{ClientFrame, ServerFrame, encode_server};
+use crate::protocol::parser::{BodyKind, ParseContext, Parsed, ProtocolError};
+use crate::protocol::qdatastream::QString;
+use crate::protocol::{ErrorCode, Framing};
+use crate::relay::{Action, FileRoute, Relay, RelayTimer};
+
+/// The listener's token; connection tokens are slab slots.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Size of the read buffers lent to connections with input.
+const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// Free read buffers kept for reuse.
+const POOL_KEEP: usize = 256;
+/// Reads per connection per turn before others get theirs (fairness).
+const READS_PER_TURN: usize = 16;
+/// Pause before accepting again after accept failed (e.g. out of fds).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Zeros written at a time when padding a frame whose sender vanished.
+const PAD_CHUNK: usize = 64 * 1024;
+
+/// What a deadline is for.
+#[derive(Clone, Debug)]
+enum TimerKey {
+    /// The connection must have registered by now.
+    Register(ConnId),
+    /// The connection may have been idle too long.
+    Idle(ConnId),
+    /// A closing connection's socket is dropped now at the latest.
+    Linger(ConnId),
+    /// Try accepting again after an accept error.
+    AcceptRetry,
+    /// The relay's own timer.
+    Relay(RelayTimer),
+}
+
+/// Why a connection is being closed.
+#[derive(Clone, Debug)]
+enum CloseReason {
+    /// The peer closed or reset its socket, or the socket failed.
+    PeerClosed,
+    /// We close it with an ERROR frame.
+    Error(ErrorCode, String),
+}
+
+/// What to do after looking at a connection's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    /// All parsable input is handled: read more if the socket has some.
+    ReadMore,
+    /// Stop: the connection is paused, closing or gone.
+    Stop,
+}
+
+/// The relay server: one poll loop on one thread.
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    conns: Slab<Connection>,
+    next_generation: u64,
+    relay: Relay,
+    timers: Timers<TimerKey>,
+    pool: BufferPool,
+    max_input: usize,
+    accepted: Vec<(TcpStream, SocketAddr)>,
+    ready: VecDeque<ConnId>,
+    dirty: Vec<ConnId>,
+    reap: Vec<ConnId>,
+    closing_queue: Vec<(ConnId, CloseReason)>,
+    actions: Vec<Action>,
+    scratch: Vec<u8>,
+    counters: Counters,
+    now: Instant,
+}
+
+impl Server {
+    /// Binds the listener and prepares the loop.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let local_addr = listener.local_addr()?;
+        let max_input = config.limits.max_whole_frame().max(READ_BUFFER_SIZE);
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(1024),
+            listener,
+            local_addr,
+            relay: Relay::new(config.timeouts.ring, config.limits.max_user_id),
+            config,
+            conns: Slab::new(),
+            next_generation: 0,
+            timers: Timers::default(),
+            pool: BufferPool::new(READ_BUFFER_SIZE, POOL_KEEP),
+            max_input,
+            accepted: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            reap: Vec::new(),
+            closing_queue: Vec::new(),
+            actions: Vec::new(),
+            scratch: Vec::new(),
+            counters: Counters::default(),
+            now: Instant::now(),
+        })
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Server-side counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Runs the loop until polling itself fails.
+    pub fn run(&mut self) -> io::Result<()> {
+        info!("listening on {}", self.local_addr);
+        loop {
+            self.turn()?;
+        }
+    }
+
+    /// One iteration of the loop.
+    pub fn turn(&mut self) -> io::Result<()> {
+        let timeout = if self.ready.is_empty() {
+            self.timers.poll_timeout(Instant::now())
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(error) = self.poll.poll(&mut self.events, timeout) {
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        self.now = Instant::now();
+        let mut accept = false;
+        for event in self.events.iter() {
+            if event.token() == LISTENER {
+                accept = true;
+                continue;
+            }
+            let slot = event.token().0;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let id = conn.id;
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                conn.readable = true;
+                self.ready.push_back(id);
+            }
+            if event.is_writable() || event.is_write_closed() {
+                self.dirty.push(id);
+            }
+        }
+        if accept {
+            self.accept_all();
+        }
+        self.insert_accepted();
+        self.service_ready();
+        self.fire_timers();
+        self.flush_dirty();
+        self.reap_closed();
+        Ok(())
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Connection> {
+        self.conns.get(id.slot).filter(|conn| conn.id == id)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.conns.get_mut(id.slot).filter(|conn| conn.id == id)
+    }
+
+    // ----- accepting -------------------------------------------------------
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    if self.conns.len() + self.accepted.len() >= self.config.max_connections {
+                        self.counters.connections_refused += 1;
+                        debug!("refused {addr}: connection limit {} reached", self.config.max_connections);
+                        drop(stream);
+                        continue;
+                    }
+                    self.accepted.push((stream, addr));
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    warn!("accept failed: {error}; retrying in {ACCEPT_RETRY:?}");
+                    self.timers.arm(self.now + ACCEPT_RETRY, TimerKey::AcceptRetry);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn insert_accepted(&mut self) {
+        for (mut stream, addr) in std::mem::take(&mut self.accepted) {
+            if let Err(error) = stream.set_nodelay(true) {
+                debug!("{addr}: TCP_NODELAY failed: {error}");
+            }
+            let entry = self.conns.vacant_entry();
+            self.next_generation += 1;
+            let id = ConnId {
+                slot: entry.key(),
+                generation: self.next_generation,
+            };
+            if let Err(error) = self
+                .poll
+                .registry()
+                .register(&mut stream, Token(id.slot), Interest::READABLE)
+            {
+                warn!("{addr}: cannot register with the poll: {error}");
+                continue;
+            }
+            entry.insert(Connection::new(id, stream, addr, self.now));
+            self.counters.connections_accepted += 1;
+            info!("{id} connected from {addr}");
+            self.timers.arm(
+                self.now + self.config.timeouts.register,
+                TimerKey::Register(id),
+            );
+        }
+    }
+
+    // ----- input -----------------------------------------------------------
+
+    fn service_ready(&mut self) {
+        for _ in 0..self.ready.len() {
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            self.service(id);
+        }
+    }
+
+    /// Handles buffered input, then reads and handles more, for a bounded
+    /// number of reads; a connection with input left goes to the back of the
+    /// ready queue. End of input closes the connection once every byte
+    /// before it has been handled.
+    fn service(&mut self, id: ConnId) {
+        for _ in 0..READS_PER_TURN {
+            if self.drain_input(id) == Flow::Stop {
+                return;
+            }
+            let now = self.now;
+            let (pool, max_input) = (&mut self.pool, self.max_input);
+            let Some(conn) = self.conns.get_mut(id.slot).filter(|c| c.id == id) else {
+                return;
+            };
+            if conn.peer_closed {
+                conn.input.release_if_empty(pool);
+                if conn.is_closing() {
+                    self.finish_if_done(id);
+                } else {
+                    self.begin_close(id, CloseReason::PeerClosed);
+                }
+                return;
+            }
+            if !conn.readable {
+                conn.input.release_if_empty(pool);
+                return;
+            }
+            match conn.read_some(pool, max_input) {
+                ReadOutcome::Read(_) => conn.last_input = now,
+                ReadOutcome::WouldBlock => return,
+                ReadOutcome::Closed => {}
+                ReadOutcome::Error => debug!("{id}: socket error on read"),
+                ReadOutcome::BufferFull => {
+                    self.protocol_error(
+                        id,
+                        ProtocolError {
+                            code: ErrorCode::TooLarge,
+                            what: "frame larger than the input buffer",
+                        },
+                    );
+                    return;
+                }
+            }
+        }
+        if self.conn(id).is_some_and(|conn| conn.readable || conn.peer_closed) {
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Handles the parsable input in the connection's buffer.
+    fn drain_input(&mut self, id: ConnId) -> Flow {
+        loop {
+            let flow = self.step(id);
+            self.apply_actions();
+            self.close_queued();
+            match flow {
+                Some(flow) => return flow,
+                None => continue,
+            }
+        }
+    }
+
+    /// Handles one piece of input: `None` to go on, `Some` to stop.
+    fn step(&mut self, id: ConnId) -> Option<Flow> {
+        let soft = self.config.output_soft;
+        let Some(conn) = self.conn_mut(id) else {
+            return Some(Flow::Stop);
+        };
+        if conn.is_closing() {
+            let all = conn.input.len();
+            conn.input.consume(all);
+            return Some(Flow::ReadMore);
+        }
+        if conn.paused_on.is_some() {
+            return Some(Flow::Stop);
+        }
+        if conn.input.is_empty() {
+            return Some(Flow::ReadMore);
+        }
+        if let (true, BodyTarget::To(dest)) = (conn.parser.in_body(), conn.body_target) {
+            if conn.parser.body_kind() == Some(BodyKind::File)
+                && self.conn(dest).is_some_and(|d| d.output.len() >= soft && !d.is_closing())
+            {
+                self.pause(id, dest);
+                return Some(Flow::Stop);
+            }
+        }
+        self.parse_one(id)
+    }
+
+    /// Parses the next piece of a connection's input and acts on it.
+    fn parse_one(&mut self, id: ConnId) -> Option<Flow> {
+        let Server {
+            conns,
+            relay,
+            actions,
+            config,
+            counters,
+            now,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(id.slot).filter(|c| c.id == id) else {
+            return Some(Flow::Stop);
+        };
+        let saved_parser = conn.parser.clone();
+        let context = ParseContext {
+            limits: &config.limits,
+            user_id: &conn.user_id,
+            seed_phase: Connection::seed_phase(conn.link.as_ref(), conn.grace_until, *now),
+        };
+        let parsed = match conn.parser.parse(conn.input.data(), &context) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.protocol_error(id, error);
+                return Some(Flow::Stop);
+            }
+        };
+        match parsed {
+            Parsed::NeedMore => return Some(Flow::ReadMore),
+            Parsed::Stale { consumed } => {
+                counters.media_dropped_stale += 1;
+                conn.input.consume(consumed);
+            }
+            Parsed::Frame {
+                frame: ClientFrame::Register { user, .. },
+                consumed,
+            } => {
+                let user = match UserId::from_utf8(user, config.limits.max_user_id) {
+                    Ok(user) => user,
+                    Err(why) => {
+                        let error = ProtocolError {
+                            code: ErrorCode::BadUserId,
+                            what: user_id_error_text(why),
+                        };
+                        self.protocol_error(id, error);
+                        return Some(Flow::Stop);
+                    }
+                };
+                conn.user_id = user.as_str().as_bytes().to_vec();
+                conn.state = ConnState::Registered;
+                conn.input.consume(consumed);
+                let idle_deadline = *now + config.timeouts.idle;
+                relay.register(id, user, actions);
+                self.timers.arm(idle_deadline, TimerKey::Idle(id));
+            }
+            Parsed::Frame {
+                frame: ClientFrame::Heartbeat,
+                consumed,
+            } => {
+                conn.input.consume(consumed);
+                if conn.framing() == Some(Framing::LengthPrefixed) {
+                    self.send_frame(id, &ServerFrame::Heartbeat);
+                }
+            }
+            Parsed::Frame {
+                frame: ClientFrame::FileStart { to, name, data },
+                consumed,
+            } => {
+                let route = relay.route_file(id, to);
+                let name = name.to_owned_qstring();
+                return self.start_file(id, route, name, data, consumed, saved_parser);
+            }
+            Parsed::Frame { frame, consumed } => {
+                relay.on_frame(id, &frame, *now, actions);
+                conn.input.consume(consumed);
+            }
+            Parsed::Media {
+                header,
+                payload_len,
+                in_hand,
+            } => return self.start_media(id, header, payload_len, in_hand, saved_parser),
+            Parsed::Body { len, last, .. } => self.forward_body(id, len, last),
+        }
+        None
+    }
+
+    // ----- media and file bodies -------------------------------------------
+
+    /// A media frame from `id` starts with `in_hand` payload bytes after
+    /// `header` bytes of its own header.
+    fn start_media(
+        &mut self,
+        id: ConnId,
+        header: usize,
+        payload_len: u32,
+        in_hand: usize,
+        saved_parser: crate::protocol::parser::FrameParser,
+    ) -> Option<Flow> {
+        let soft = self.config.output_soft;
+        let conn = self.conn_mut(id)?;
+        let is_seed = conn.framing() == Some(Framing::Seed);
+        let peer = match conn.link.as_mut() {
+            Some(link) => {
+                link.media_mode |= is_seed;
+                Some(link.peer)
+            }
+            None => None,
+        };
+        let complete = in_hand as u64 == u64::from(payload_len);
+        let target = peer.and_then(|peer| self.conn(peer).filter(|p| !p.is_closing()).map(|p| (peer, p)));
+        let decision = match target {
+            None => MediaDecision::Drop(DropWhy::NoCall),
+            Some((_, p)) if p.output.len() >= soft => MediaDecision::Drop(DropWhy::Overflow),
+            Some((peer, p)) if p.inbound.is_some_and(|owner| owner != id) => {
+                if complete {
+                    MediaDecision::Hold(peer)
+                } else {
+                    MediaDecision::Wait(peer)
+                }
+            }
+            Some((peer, _)) => MediaDecision::Forward(peer),
+        };
+        match decision {
+            MediaDecision::Wait(peer) => {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.parser = saved_parser;
+                }
+                self.pause(id, peer);
+                return Some(Flow::Stop);
+            }
+            MediaDecision::Drop(why) => {
+                match why {
+                    DropWhy::NoCall => self.counters.media_dropped_no_call += 1,
+                    DropWhy::Overflow => {
+                        self.counters.media_dropped_overflow += 1;
+                        if let Some(peer) = peer.and_then(|peer| self.conn_mut(peer)) {
+                            peer.media_dropped += 1;
+                        }
+                    }
+                }
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.input.consume(header + in_hand);
+                    conn.body_target = BodyTarget::Discard;
+                }
+            }
+            MediaDecision::Hold(peer) | MediaDecision::Forward(peer) => {
+                let peer_framing = self.conn(peer).and_then(Connection::framing).unwrap_or(Framing::Seed);
+                self.scratch.clear();
+                let mut out_header = std::mem::take(&mut self.scratch);
+                encode_server(&ServerFrame::MediaHeader { payload_len }, peer_framing, &mut out_header);
+                self.forward(id, peer, &out_header, header, in_hand);
+                self.scratch = out_header;
+                self.counters.media_frames_relayed += 1;
+                self.counters.media_bytes_relayed += u64::from(payload_len);
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.input.consume(header + in_hand);
+                    conn.body_target = if complete {
+                        BodyTarget::Discard
+                    } else {
+                        BodyTarget::To(peer)
+                    };
+                }
+                if !complete {
+                    if let Some(p) = self.conn_mut(peer) {
+                        p.inbound = Some(id);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// A FILE header from `id` was parsed (`consumed` bytes).
+    fn start_file(
+        &mut self,
+        id: ConnId,
+        route: FileRoute,
+        name: QString,
+        data: crate::protocol::qdatastream::ByteArrayLen,
+        consumed: usize,
+        saved_parser: crate::protocol::parser::FrameParser,
+    ) -> Option<Flow> {
+        let soft = self.config.output_soft;
+        let delivery = match route {
+            FileRoute::Deliver { to, from } => self
+                .conn(to)
+                .filter(|dest| !dest.is_closing())
+                .map(|dest| (to, from, dest.output.len() >= soft || dest.inbound.is_some_and(|o| o != id))),
+            FileRoute::Undeliverable => None,
+        };
+        match delivery {
+            Some((dest, _, true)) => {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.parser = saved_parser;
+                }
+                self.pause(id, dest);
+                Some(Flow::Stop)
+            }
+            Some((dest, from, false)) => {
+                self.relay.note_file(true);
+                let framing = self.conn(dest).and_then(Connection::framing).unwrap_or(Framing::Seed);
+                let mut header = Vec::new();
+                encode_server(&ServerFrame::FileHeader { from, name, data }, framing, &mut header);
+                self.forward(id, dest, &header, 0, 0);
+                let conn = self.conn_mut(id)?;
+                conn.input.consume(consumed);
+                if conn.parser.in_body() {
+                    conn.body_target = BodyTarget::To(dest);
+                    if let Some(dest) = self.conn_mut(dest) {
+                        dest.inbound = Some(id);
+                    }
+                }
+                None
+            }
+            None => {
+                self.relay.note_file(false);
+                let conn = self.conn_mut(id)?;
+                conn.input.consume(consumed);
+                conn.body_target = BodyTarget::Discard;
+                self.actions.push(Action::Notify {
+                    to: id,
+                    code: ErrorCode::Offline,
+                    detail: "the FILE's recipient is not online".to_owned(),
+                });
+                None
+            }
+        }
+    }
+
+    /// The next `len` input bytes of `id` continue its body in progress.
+    fn forward_body(&mut self, id: ConnId, len: usize, last: bool) {
+        let Some(conn) = self.conn(id) else {
+            return;
+        };
+        let target = match conn.body_target {
+            BodyTarget::To(dest) if self.conn(dest).is_some_and(|d| !d.is_closing()) => Some(dest),
+            _ => None,
+        };
+        if let Some(dest) = target {
+            self.forward(id, dest, &[], 0, len);
+        }
+        if let Some(conn) = self.conn_mut(id) {
+            conn.input.consume(len);
+            if last {
+                conn.body_target = BodyTarget::Discard;
+            }
+        }
+        if let (Some(dest), true) = (target, last) {
+            self.end_inbound(dest);
+        }
+    }
+
+    /// The cut-through frame into `dest` is complete: frames held for it go
+    /// out, and senders waiting for it may go on.
+    fn end_inbound(&mut self, dest: ConnId) {
+        if let Some(conn) = self.conn_mut(dest) {
+            conn.inbound = None;
+            conn.output.release_held();
+            self.dirty.push(dest);
+        }
+        self.wake_waiters(dest);
+    }
+
+    /// Writes `header` and `len` bytes of `from`'s input (from offset
+    /// `offset`) to `to`: straight to its socket when nothing is queued
+    /// before them, copying into its queue only what the socket does not
+    /// take now. While another sender's cut-through frame is being written
+    /// into `to`, whole frames are held until it completes.
+    fn forward(&mut self, from: ConnId, to: ConnId, header: &[u8], offset: usize, len: usize) {
+        if from.slot == to.slot {
+            let payload = self
+                .conn(from)
+                .and_then(|conn| conn.input.data().get(offset..offset + len))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            self.enqueue(to, from, &[header, &payload]);
+            return;
+        }
+        let Some((src, dst)) = self.conns.get2_mut(from.slot, to.slot) else {
+            return;
+        };
+        if src.id != from || dst.id != to {
+            return;
+        }
+        let payload = src.input.data().get(offset..offset + len).unwrap_or_default();
+        let parts = [header, payload];
+        let total = header.len() + payload.len();
+        if dst.inbound.is_some_and(|owner| owner != from) {
+            dst.output.hold(&parts);
+            self.counters.bytes_queued += total as u64;
+        } else if dst.output.is_empty() {
+            let (written, result) = socket::write_all_vectored(&mut dst.socket, &parts);
+            self.counters.bytes_zero_copy += written as u64;
+            if written < total {
+                let header_left = header.get(written..).unwrap_or_default();
+                let payload_left = payload.get(written.saturating_sub(header.len())..).unwrap_or_default();
+                dst.output.push(&[header_left, payload_left]);
+                self.counters.bytes_queued += (total - written) as u64;
+            }
+            if matches!(result, SocketResult::Closed | SocketResult::Error) {
+                dst.peer_closed = true;
+                self.closing_queue.push((to, CloseReason::PeerClosed));
+            }
+        } else {
+            dst.output.push(&parts);
+            self.counters.bytes_queued += total as u64;
+        }
+        self.after_output(to);
+    }
+
+    /// Appends bytes for `to` to its queue (held if another sender's frame
+    /// is being cut through into it).
+    fn enqueue(&mut self, to: ConnId, from: ConnId, parts: &[&[u8]]) {
+        let Some(dst) = self.conn_mut(to) else {
+            return;
+        };
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        if dst.inbound.is_some_and(|owner| owner != from) {
+            dst.output.hold(parts);
+        } else {
+            dst.output.push(parts);
+        }
+        self.counters.bytes_queued += total as u64;
+        self.after_output(to);
+    }
+
+    /// Output was added to `to`: check the hard limit, schedule a flush.
+    fn after_output(&mut self, to: ConnId) {
+        let hard = self.config.output_hard;
+        let Some(dst) = self.conn(to) else {
+            return;
+        };
+        let (queued, closing) = (dst.output.len(), dst.is_closing());
+        if !dst.output.is_empty() {
+            self.dirty.push(to);
+        }
+        if queued > hard && !closing {
+            self.counters.output_overflow_closes += 1;
+            self.closing_queue.push((
+                to,
+                CloseReason::Error(
+                    ErrorCode::OutputOverflow,
+                    format!("output buffer over {hard} bytes"),
+                ),
+            ));
+        }
+    }
+
+    /// Stops reading `id` until `dest`'s output drains.
+    fn pause(&mut self, id: ConnId, dest: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.paused_on = Some(dest);
+        }
+        if let Some(dest_conn) = self.conn_mut(dest) {
+            if !dest_conn.waiters.contains(&id) {
+                dest_conn.waiters.push(id);
+            }
+        }
+        debug!("{id} paused until {dest} drains");
+    }
+
+    /// Lets the connections paused on `dest` go on.
+    fn wake_waiters(&mut self, dest: ConnId) {
+        let waiters = match self.conn_mut(dest) {
+            Some(conn) => std::mem::take(&mut conn.waiters),
+            None => return,
+        };
+        for waiter in waiters {
+            if let Some(conn) = self.conn_mut(waiter) {
+                if conn.paused_on == Some(dest) {
+                    conn.paused_on = None;
+                    self.ready.push_back(waiter);
+                }
+            }
+        }
+    }
+
+    // ----- output ----------------------------------------------------------
+
+    /// Encodes a frame in the receiver's framing and queues it.
+    fn send_frame(&mut self, to: ConnId, frame: &ServerFrame) {
+        let Some(framing) = self.conn(to).filter(|c| !c.is_closing()).and_then(Connection::framing) else {
+            return;
+        };
+        let mut bytes = std::mem::take(&mut self.scratch);
+        bytes.clear();
+        encode_server(frame, framing, &mut bytes);
+        self.enqueue(to, to, &[&bytes]);
+        self.scratch = bytes;
+    }
+
+    /// Flushes every connection that output was added to or that became
+    /// writable, and updates poll interests.
+    fn flush_dirty(&mut self) {
+        let soft = self.config.output_soft;
+        while let Some(id) = self.dirty.pop() {
+            let Some(conn) = self.conn_mut(id) else {
+                continue;
+            };
+            if !conn.flush() && !conn.is_closing() {
+                self.begin_close(id, CloseReason::PeerClosed);
+            }
+            let Some(conn) = self.conn(id) else {
+                continue;
+            };
+            if conn.output.len() < soft && !conn.waiters.is_empty() && conn.inbound.is_none() {
+                self.wake_waiters(id);
+            }
+            self.finish_if_done(id);
+            self.update_interest(id);
+            self.close_queued();
+        }
+    }
+
+    fn update_interest(&mut self, id: ConnId) {
+        let registry = self.poll.registry();
+        let Some(conn) = self.conns.get_mut(id.slot).filter(|c| c.id == id) else {
+            return;
+        };
+        let wanted = conn.wanted_interest();
+        if wanted != conn.registered_interest {
+            match registry.reregister(&mut conn.socket, Token(id.slot), wanted) {
+                Ok(()) => conn.registered_interest = wanted,
+                Err(error) => warn!("{id}: reregister failed: {error}"),
+            }
+        }
+    }
+
+    // ----- actions ---------------------------------------------------------
+
+    fn apply_actions(&mut self) {
+        while !self.actions.is_empty() {
+            for action in std::mem::take(&mut self.actions) {
+                self.apply(action);
+            }
+        }
+    }
+
+    fn apply(&mut self, action: Action) {
+        match action {
+            Action::Send { to, frame } => self.send_frame(to, &frame),
+            Action::Notify { to, code, detail } => match self.conn(to).and_then(Connection::framing) {
+                Some(Framing::LengthPrefixed) => self.send_frame(to, &ServerFrame::Error { code, detail }),
+                Some(Framing::Seed) => {
+                    self.counters.errors_unreported_seed += 1;
+                    debug!("{to}: {code} ({detail}) not reported: seed connections get no ERROR");
+                }
+                None => {}
+            },
+            Action::Close { conn, code } => {
+                let detail = "a newer connection registered this user id".to_owned();
+                self.begin_close(conn, CloseReason::Error(code, detail));
+            }
+            Action::Link {
+                conn,
+                peer,
+                call_id,
+                peer_user,
+            } => {
+                if let Some(conn) = self.conn_mut(conn) {
+                    conn.link = Some(MediaLink::new(peer, call_id, peer_user.as_str()));
+                    conn.grace_until = None;
+                }
+            }
+            Action::Unlink { conn } => {
+                let (now, grace) = (self.now, self.config.timeouts.media_grace);
+                if let Some(conn) = self.conn_mut(conn) {
+                    let was_media = conn.link.take().is_some_and(|link| link.media_mode);
+                    if was_media && conn.framing() == Some(Framing::Seed) && !grace.is_zero() {
+                        conn.grace_until = Some(now + grace);
+                    }
+                }
+            }
+            Action::ArmTimer { at, timer } => self.timers.arm(at, TimerKey::Relay(timer)),
+        }
+    }
+
+    // ----- timers ----------------------------------------------------------
+
+    fn fire_timers(&mut self) {
+        while let Some(key) = self.timers.pop_expired(self.now) {
+            match key {
+                TimerKey::Register(id) => {
+                    if self.conn(id).is_some_and(|c| c.state == ConnState::AwaitingRegistration) {
+                        let detail = "no registration within the registration timeout".to_owned();
+                        self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
+                    }
+                }
+                TimerKey::Idle(id) => self.check_idle(id),
+                TimerKey::Linger(id) => {
+                    if self.conn(id).is_some_and(Connection::is_closing) {
+                        self.reap.push(id);
+                    }
+                }
+                TimerKey::AcceptRetry => self.accept_all(),
+                TimerKey::Relay(timer) => {
+                    self.relay.on_timer(&timer, self.now, &mut self.actions);
+                }
+            }
+            self.apply_actions();
+            self.close_queued();
+        }
+    }
+
+    fn check_idle(&mut self, id: ConnId) {
+        let idle = self.config.timeouts.idle;
+        let Some(conn) = self.conn(id).filter(|c| c.state == ConnState::Registered) else {
+            return;
+        };
+        let deadline = conn.last_input + idle;
+        if self.now >= deadline {
+            let detail = format!("no input for {idle:?}");
+            self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
+        } else {
+            self.timers.arm(deadline, TimerKey::Idle(id));
+        }
+    }
+
+    // ----- closing ---------------------------------------------------------
+
+    fn protocol_error(&mut self, id: ConnId, error: ProtocolError) {
+        self.counters.protocol_error(error.code);
+        if let Some(conn) = self.conn(id) {
+            warn!(
+                "{id} ({}, {}) protocol error: {error}",
+                conn.addr,
+                String::from_utf8_lossy(&conn.user_id)
+            );
+        }
+        self.begin_close(id, CloseReason::Error(error.code, error.what.to_owned()));
+    }
+
+    fn close_queued(&mut self) {
+        while let Some((id, reason)) = self.closing_queue.pop() {
+            self.begin_close(id, reason);
+        }
+    }
+
+    /// Closes a connection logically: ERROR if it has a framing and a code,
+    /// its calls end, its id goes offline, frames it was cutting through to
+    /// another connection are completed with padding; then its last output
+    /// is flushed and the socket dropped (after the peer closes, or at the
+    /// linger deadline).
+    fn begin_close(&mut self, id: ConnId, reason: CloseReason) {
+        let deadline = self.now + self.config.timeouts.linger;
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        let user = String::from_utf8_lossy(&conn.user_id).into_owned();
+        match &reason {
+            CloseReason::PeerClosed => info!("{id} ({user}) closed by peer"),
+            CloseReason::Error(code, detail) => info!("{id} ({user}) closed: {code} ({detail})"),
+        }
+        if let (CloseReason::Error(code, detail), Some(framing)) = (&reason, conn.framing()) {
+            let mut bytes = Vec::new();
+            let frame = ServerFrame::Error {
+                code: *code,
+                detail: detail.clone(),
+            };
+            encode_server(&frame, framing, &mut bytes);
+            conn.output.push(&[&bytes]);
+        }
+        conn.state = ConnState::Closing { deadline };
+        conn.link = None;
+        let inbound = conn.inbound.take();
+        let outbound = match conn.body_target {
+            BodyTarget::To(dest) if conn.parser.in_body() => Some((dest, conn.parser.body_remaining())),
+            _ => None,
+        };
+        conn.body_target = BodyTarget::Discard;
+        if let Some(sender) = inbound.and_then(|sender| self.conn_mut(sender)) {
+            sender.body_target = BodyTarget::Discard;
+        }
+        if let Some((dest, remaining)) = outbound {
+            self.pad_frame(id, dest, remaining);
+        }
+        self.relay.leave(id, &mut self.actions);
+        self.apply_actions();
+        self.wake_waiters(id);
+        self.timers.arm(deadline, TimerKey::Linger(id));
+        self.dirty.push(id);
+    }
+
+    /// Completes a cut-through frame from a sender that vanished mid-frame
+    /// with zeros, so the receiver's stream stays parseable.
+    fn pad_frame(&mut self, from: ConnId, dest: ConnId, mut remaining: u64) {
+        warn!("{from} left mid-frame: padding {remaining} bytes to {dest}");
+        let zeros = vec![0u8; PAD_CHUNK];
+        while remaining > 0 && self.conn(dest).is_some_and(|d| !d.is_closing()) {
+            let chunk = usize::try_from(remaining).map_or(PAD_CHUNK, |left| left.min(PAD_CHUNK));
+            self.enqueue(dest, from, &[zeros.get(..chunk).unwrap_or_default()]);
+            remaining -= chunk as u64;
+            if self.conn(dest).is_some_and(|d| d.output.len() > self.config.output_hard) {
+                break;
+            }
+        }
+        self.end_inbound(dest);
+    }
+
+    /// A closing connection whose output is written shuts its write side;
+    /// once the peer has closed too (or failed), it is reaped.
+    fn finish_if_done(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        if !conn.is_closing() || !conn.output.is_empty() {
+            return;
+        }
+        if !conn.shut_down {
+            conn.shut_down = true;
+            if let Err(error) = conn.socket.shutdown(Shutdown::Write) {
+                debug!("{id}: shutdown: {error}");
+                conn.peer_closed = true;
+            }
+        }
+        if conn.peer_closed {
+            self.reap.push(id);
+        }
+    }
+
+    fn reap_closed(&mut self) {
+        while let Some(id) = self.reap.pop() {
+            if self.conn(id).is_none() {
+                continue;
+            }
+            let mut conn = self.conns.remove(id.slot);
+            if let Err(error) = self.poll.registry().deregister(&mut conn.socket) {
+                debug!("{id}: deregister: {error}");
+            }
+            conn.input.release_if_empty(&mut self.pool);
+            debug!("{id} reaped");
+        }
+    }
+}
+
+/// What to do with a media frame.
+enum MediaDecision {
+    /// Write it to the peer (straight to its socket when possible).
+    Forward(ConnId),
+    /// Hold it (complete) until the peer's inbound cut-through frame ends.
+    Hold(ConnId),
+    /// Wait (incomplete frame) until the peer's inbound frame ends.
+    Wait(ConnId),
+    /// Drop it whole.
+    Drop(DropWhy),
+}
+
+/// Why a media frame is dropped.
+enum DropWhy {
+    /// The sender is in no accepted call.
+    NoCall,
+    /// The peer's output is over its soft limit.
+    Overflow,
+}
+
+fn user_id_error_text(error: crate::ids::UserIdError) -> &'static str {
+    match error {
+        crate::ids::UserIdError::Empty => "empty user id",
+        crate::ids::UserIdError::TooLong => "user id too long",
+        crate::ids::UserIdError::BadEncoding => "user id is not valid UTF-8",
+        crate::ids::UserIdError::ControlCharacter => "user id contains a control character",
+    }
+}

@@ -1,0 +1,12 @@
+//! The I/O layer: one single-threaded mio poll loop ([`Server`]) that owns
+//! the listener, a slab of [`connection::Connection`]s, the timers and the
+//! [`crate::relay::Relay`], and applies the relay's actions. Only this
+//! module touches sockets.
+
+pub mod buffer;
+pub mod connection;
+pub mod event_loop;
+pub mod socket;
+pub mod timers;
+
+pub use event_loop::Server;
