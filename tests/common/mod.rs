@@ -1,0 +1,481 @@
+//! Test harness: starts the real `callrelay` binary on an ephemeral
+//! loopback port and drives it with raw-socket clients.
+//!
+//! No sleeps stand in for synchronisation: every wait is for expected bytes
+//! (or a log line, or EOF) with a deadline. To prove that *nothing* was sent
+//! to a client, [`Client::barrier`] sends a TEXT to itself through the relay
+//! and requires it to be the next message: anything sent before it would
+//! arrive first.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use callrelay::protocol::Framing;
+use callrelay::protocol::frame::{
+    ClientMessage, DecodeError, ServerMessage, decode_server, encode_client,
+};
+use callrelay::protocol::qdatastream::QString;
+
+/// How long any single expectation may wait.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running relay process; killed on drop.
+pub struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: Receiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts the relay with extra command-line arguments.
+    pub fn start(args: &[&str]) -> RelayProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_callrelay"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start callrelay");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        let shared = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                shared.lock().expect("log lock").push(line.clone());
+                let _ = sender.send(line);
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .expect("relay printed its listening address");
+            if let Some(at) = line.find("listening on ") {
+                break line[at + "listening on ".len()..]
+                    .trim()
+                    .parse()
+                    .expect("listening address parses");
+            }
+        };
+        RelayProcess {
+            child,
+            addr,
+            log,
+            lines,
+        }
+    }
+
+    /// The relay's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits until a log line containing every one of `needles` appears
+    /// (lines logged earlier count too).
+    #[track_caller]
+    pub fn expect_log(&self, needles: &[&str]) -> String {
+        let matches = |line: &str| needles.iter().all(|needle| line.contains(needle));
+        if let Some(line) = self.log.lock().expect("log lock").iter().find(|l| matches(l)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "no log line with {needles:?}; log:\n{}",
+                        self.log.lock().expect("log lock").join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// True if the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident set size of the relay in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// Connects a client with the given framing (not registered yet).
+    pub fn connect(&self, framing: Framing) -> Client {
+        Client::connect(self.addr, framing)
+    }
+
+    /// Connects and registers a client, and waits until the relay has
+    /// processed the registration (a barrier through the relay).
+    #[track_caller]
+    pub fn client(&self, user: &str, framing: Framing) -> Client {
+        let mut client = self.connect(framing);
+        client.register(user);
+        client.barrier();
+        client
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds a QString from text.
+pub fn q(text: &str) -> QString {
+    QString::from_str(text)
+}
+
+/// A raw-socket client.
+pub struct Client {
+    pub stream: TcpStream,
+    pub framing: Framing,
+    pub user: String,
+    buffer: Vec<u8>,
+}
+
+impl Client {
+    /// Connects without registering.
+    pub fn connect(addr: SocketAddr, framing: Framing) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect to the relay");
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            framing,
+            user: String::new(),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Sends raw bytes.
+    #[track_caller]
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send to the relay");
+    }
+
+    /// Encodes and sends a message in this client's framing.
+    #[track_caller]
+    pub fn send(&mut self, message: &ClientMessage) {
+        let mut bytes = Vec::new();
+        encode_client(message, self.framing, &mut bytes);
+        self.send_raw(&bytes);
+    }
+
+    /// Registers `user` (kind HEARTBEAT, as the guide does).
+    #[track_caller]
+    pub fn register(&mut self, user: &str) {
+        self.user = user.to_owned();
+        self.send(&ClientMessage::Register {
+            kind: 7,
+            user: user.to_owned(),
+        });
+    }
+
+    /// CALL_REQUEST.
+    pub fn call(&mut self, callee: &str, video: bool) {
+        self.send(&ClientMessage::CallRequest {
+            callee: q(callee),
+            video: u8::from(video),
+        });
+    }
+
+    /// CALL_ACCEPT.
+    pub fn accept(&mut self, call_ref: &str) {
+        self.send(&ClientMessage::CallAccept {
+            call_ref: q(call_ref),
+        });
+    }
+
+    /// CALL_REJECT.
+    pub fn reject(&mut self, call_ref: &str, reason: &str) {
+        self.send(&ClientMessage::CallReject {
+            call_ref: q(call_ref),
+            reason: q(reason),
+        });
+    }
+
+    /// CALL_END.
+    pub fn end(&mut self, call_ref: &str) {
+        self.send(&ClientMessage::CallEnd {
+            call_ref: q(call_ref),
+        });
+    }
+
+    /// MEDIA_DATA.
+    pub fn media(&mut self, payload: &[u8]) {
+        self.send(&ClientMessage::Media {
+            payload: payload.to_vec(),
+        });
+    }
+
+    /// TEXT.
+    pub fn text(&mut self, to: &str, text: &str) {
+        self.send(&ClientMessage::Text {
+            to: q(to),
+            text: q(text),
+        });
+    }
+
+    /// Reads more bytes into the buffer, waiting at most until `deadline`.
+    /// Returns false on EOF.
+    #[track_caller]
+    fn fill(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for the relay; have {} bytes: {:02x?}",
+            self.buffer.len(),
+            &self.buffer[..self.buffer.len().min(64)]
+        );
+        self.stream
+            .set_read_timeout(Some(left))
+            .expect("set read timeout");
+        let mut chunk = [0u8; 64 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(count) => {
+                self.buffer.extend_from_slice(&chunk[..count]);
+                true
+            }
+            Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                true
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => true,
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => false,
+            Err(error) => panic!("read from the relay failed: {error}"),
+        }
+    }
+
+    /// Waits for exactly these bytes next.
+    #[track_caller]
+    pub fn expect_bytes(&mut self, expected: &[u8]) {
+        let deadline = Instant::now() + WAIT;
+        while self.buffer.len() < expected.len() {
+            assert!(
+                self.fill(deadline),
+                "connection closed after {} of {} expected bytes",
+                self.buffer.len(),
+                expected.len()
+            );
+        }
+        let got: Vec<u8> = self.buffer.drain(..expected.len()).collect();
+        if got != expected {
+            let at = got.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "bytes differ at offset {at} of {}: got {:02x?}, expected {:02x?}",
+                expected.len(),
+                &got[at..(at + 32).min(got.len())],
+                &expected[at..(at + 32).min(expected.len())]
+            );
+        }
+    }
+
+    /// Waits for exactly `count` bytes and returns them.
+    #[track_caller]
+    pub fn read_exact_bytes(&mut self, count: usize) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        while self.buffer.len() < count {
+            assert!(self.fill(deadline), "connection closed early");
+        }
+        self.buffer.drain(..count).collect()
+    }
+
+    /// Waits for the next complete non-media message (framed connections
+    /// may also receive media this way; seed media needs [`Client::expect_media`]).
+    #[track_caller]
+    pub fn recv(&mut self) -> ServerMessage {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if !self.buffer.is_empty() {
+                if self.framing == Framing::Seed && self.buffer[0] == 6 {
+                    panic!(
+                        "seed media arrived where a message was expected: {:02x?}",
+                        &self.buffer[..self.buffer.len().min(32)]
+                    );
+                }
+                match decode_server(&self.buffer, self.framing) {
+                    Ok((message, used)) => {
+                        self.buffer.drain(..used);
+                        return message;
+                    }
+                    Err(DecodeError::NeedMore) => {}
+                    Err(DecodeError::Malformed) => {
+                        panic!("relay sent a malformed message: {:02x?}", self.buffer)
+                    }
+                }
+            }
+            assert!(
+                self.fill(deadline),
+                "connection closed while waiting for a message"
+            );
+        }
+    }
+
+    /// Waits for media carrying exactly `payload`, in one frame or several
+    /// (seed framing delimits media by arrival, so `6` headers may split it).
+    #[track_caller]
+    pub fn expect_media(&mut self, payload: &[u8]) {
+        let mut got = Vec::new();
+        while got.len() < payload.len() {
+            match self.framing {
+                Framing::LengthPrefixed => match self.recv() {
+                    ServerMessage::Media { payload } => got.extend_from_slice(&payload),
+                    other => panic!("expected media, got {other:?}"),
+                },
+                Framing::Seed => {
+                    let header = self.read_exact_bytes(1);
+                    assert_eq!(header, [6], "expected a media frame");
+                    let want = payload.len() - got.len();
+                    let deadline = Instant::now() + WAIT;
+                    if self.buffer.is_empty() {
+                        assert!(self.fill(deadline), "closed while waiting for media");
+                    }
+                    let take = want.min(self.buffer.len());
+                    got.extend(self.buffer.drain(..take));
+                }
+            }
+        }
+        assert_eq!(got.len(), payload.len());
+        if got != payload {
+            let at = got.iter().zip(payload).position(|(a, b)| a != b).unwrap_or(0);
+            panic!("media differs at byte {at} of {}", payload.len());
+        }
+    }
+
+    /// Waits for a CALL_REQUEST and returns its call id.
+    #[track_caller]
+    pub fn expect_incoming(&mut self, caller: &str, video: u8) -> String {
+        match self.recv() {
+            ServerMessage::CallRequest {
+                call_id,
+                caller: from,
+                video: got_video,
+            } => {
+                assert_eq!((from.as_str(), got_video), (caller, video));
+                assert_eq!(call_id.len(), 36);
+                call_id
+            }
+            other => panic!("expected CALL_REQUEST from {caller}, got {other:?}"),
+        }
+    }
+
+    /// Waits for CALL_ACCEPT of `call_id`.
+    #[track_caller]
+    pub fn expect_accept(&mut self, call_id: &str) {
+        assert_eq!(
+            self.recv(),
+            ServerMessage::CallAccept {
+                call_id: call_id.to_owned()
+            }
+        );
+    }
+
+    /// Waits for CALL_REJECT with `reason`; returns the call id.
+    #[track_caller]
+    pub fn expect_reject(&mut self, reason: &str) -> String {
+        match self.recv() {
+            ServerMessage::CallReject {
+                call_id,
+                reason: got,
+            } => {
+                assert_eq!(got, reason);
+                call_id
+            }
+            other => panic!("expected CALL_REJECT {reason:?}, got {other:?}"),
+        }
+    }
+
+    /// Waits for CALL_END of `call_id`.
+    #[track_caller]
+    pub fn expect_end(&mut self, call_id: &str) {
+        assert_eq!(
+            self.recv(),
+            ServerMessage::CallEnd {
+                call_id: call_id.to_owned()
+            }
+        );
+    }
+
+    /// Waits for ERROR with `code` (length-prefixed connections, or the
+    /// last message before a close).
+    #[track_caller]
+    pub fn expect_error(&mut self, code: &str) {
+        match self.recv() {
+            ServerMessage::Error { code: got, .. } => assert_eq!(got, code),
+            other => panic!("expected ERROR {code}, got {other:?}"),
+        }
+    }
+
+    /// Waits for the relay to close the connection (EOF or reset); bytes
+    /// still unread fail the test.
+    #[track_caller]
+    pub fn expect_closed(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while self.fill(deadline) {
+            assert!(
+                self.buffer.is_empty(),
+                "unexpected bytes before close: {:02x?}",
+                &self.buffer[..self.buffer.len().min(64)]
+            );
+        }
+    }
+
+    /// Proves that nothing is pending for this client: a TEXT to itself
+    /// must be the very next message.
+    #[track_caller]
+    pub fn barrier(&mut self) {
+        let token = format!("barrier-{:?}", Instant::now());
+        let me = self.user.clone();
+        self.text(&me, &token);
+        assert_eq!(
+            self.recv(),
+            ServerMessage::Text {
+                from: q(&me),
+                text: q(&token)
+            },
+            "something arrived before the barrier"
+        );
+    }
+
+    /// Closes the write side (the relay sees EOF).
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// Sets up alice calling bob, bob accepting; returns the call id.
+#[track_caller]
+pub fn accepted_call(alice: &mut Client, bob: &mut Client) -> String {
+    let callee = bob.user.clone();
+    let caller = alice.user.clone();
+    alice.call(&callee, true);
+    let call_id = bob.expect_incoming(&caller, 1);
+    bob.accept(&call_id);
+    alice.expect_accept(&call_id);
+    bob.expect_accept(&call_id);
+    call_id
+}
