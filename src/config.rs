@@ -121,21 +121,86 @@ impl std::error::Error for ConfigError {}
 
 fn options() -> Options {
     let mut opts = Options::new();
-    opts.optopt("l", "listen", "address to listen on (default 0.0.0.0:8888)", "ADDR");
-    opts.optopt("p", "port", "port to listen on, on every interface (shorthand for --listen 0.0.0.0:PORT)", "PORT");
-    opts.optopt("", "register-timeout", "close connections that have not registered within this (default 10)", "SECS");
-    opts.optopt("", "idle-timeout", "close registered connections silent for this long, ending their calls (default 90)", "SECS");
-    opts.optopt("", "ring-timeout", "refuse calls not answered within this with \"timeout\" (default 30)", "SECS");
+    opts.optopt(
+        "l",
+        "listen",
+        "address to listen on (default 0.0.0.0:8888)",
+        "ADDR",
+    );
+    opts.optopt(
+        "p",
+        "port",
+        "port to listen on, on every interface (shorthand for --listen 0.0.0.0:PORT)",
+        "PORT",
+    );
+    opts.optopt(
+        "",
+        "register-timeout",
+        "close connections that have not registered within this (default 10)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "idle-timeout",
+        "close registered connections silent for this long, ending their calls (default 90)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "ring-timeout",
+        "refuse calls not answered within this with \"timeout\" (default 30)",
+        "SECS",
+    );
     opts.optopt("", "media-grace", "after a call ends, drop a seed client's stale media for this long instead of failing it (default 1; 0 = off)", "SECS");
-    opts.optopt("", "linger-timeout", "time a closing connection gets to take its last bytes (default 2)", "SECS");
-    opts.optopt("", "max-connections", "most connections at once; more are accepted and closed at once (default 10000)", "N");
-    opts.optopt("", "max-user-id", "most UTF-8 bytes in a user id, at most 128 (default 128)", "BYTES");
-    opts.optopt("", "max-field", "most UTF-16 bytes in a QString field other than TEXT's text (default 1K)", "SIZE");
-    opts.optopt("", "max-text", "most UTF-16 bytes in a TEXT message's text (default 64K)", "SIZE");
-    opts.optopt("", "max-file", "most bytes of FILE data (default 64M)", "SIZE");
-    opts.optopt("", "max-media", "most bytes of a length-prefixed media payload (default 4M)", "SIZE");
+    opts.optopt(
+        "",
+        "linger-timeout",
+        "time a closing connection gets to take its last bytes (default 2)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "max-connections",
+        "most connections at once; more are accepted and closed at once (default 10000)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "max-user-id",
+        "most UTF-8 bytes in a user id, at most 128 (default 128)",
+        "BYTES",
+    );
+    opts.optopt(
+        "",
+        "max-field",
+        "most UTF-16 bytes in a QString field other than TEXT's text (default 1K)",
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "max-text",
+        "most UTF-16 bytes in a TEXT message's text (default 64K)",
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "max-file",
+        "most bytes of FILE data (default 64M)",
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "max-media",
+        "most bytes of a length-prefixed media payload (default 4M)",
+        "SIZE",
+    );
     opts.optopt("", "output-soft", "output buffer size above which media to a connection is dropped whole frames at a time and file senders wait (default 256K)", "SIZE");
-    opts.optopt("", "output-hard", "output buffer size above which a connection is closed (default 8M)", "SIZE");
+    opts.optopt(
+        "",
+        "output-hard",
+        "output buffer size above which a connection is closed (default 8M)",
+        "SIZE",
+    );
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");
     opts
@@ -211,7 +276,9 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         .filter(|media| *media < u32::MAX)
         .ok_or_else(|| ConfigError::new("--max-media: at most 4G - 2"))?;
     if limits.max_file >= u64::from(u32::MAX) {
-        return Err(ConfigError::new("--max-file: at most 4G - 2 (a QByteArray length)"));
+        return Err(ConfigError::new(
+            "--max-file: at most 4G - 2 (a QByteArray length)",
+        ));
     }
     if limits.max_field.max(limits.max_text) >= 16 * 1024 * 1024 {
         return Err(ConfigError::new(
@@ -221,20 +288,31 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
     read_size(&matches, "output-soft", &mut config.output_soft)?;
     read_size(&matches, "output-hard", &mut config.output_hard)?;
     if config.output_soft > config.output_hard {
-        return Err(ConfigError::new("--output-soft must not exceed --output-hard"));
+        return Err(ConfigError::new(
+            "--output-soft must not exceed --output-hard",
+        ));
     }
     Ok(Command::Run(config))
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, ConfigError> {
-    let bad = || ConfigError::new(format!("--listen: {text:?} is not an address like 0.0.0.0:8888"));
-    text.to_socket_addrs().map_err(|_| bad())?.next().ok_or_else(bad)
+    let bad = || {
+        ConfigError::new(format!(
+            "--listen: {text:?} is not an address like 0.0.0.0:8888"
+        ))
+    };
+    text.to_socket_addrs()
+        .map_err(|_| bad())?
+        .next()
+        .ok_or_else(bad)
 }
 
 fn parse_count(text: &str, name: &str) -> Result<usize, ConfigError> {
     match text.parse::<usize>() {
         Ok(count) if count > 0 => Ok(count),
-        _ => Err(ConfigError::new(format!("--{name}: {text:?} is not a positive whole number"))),
+        _ => Err(ConfigError::new(format!(
+            "--{name}: {text:?} is not a positive whole number"
+        ))),
     }
 }
 
@@ -249,18 +327,24 @@ fn read_secs(
     };
     let bad = || ConfigError::new(format!("--{name}: {text:?} is not a number of seconds"));
     let secs: f64 = text.parse().map_err(|_| bad())?;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 || (secs == 0.0 && !zero_allowed) {
+    if !(0.0..=1e9).contains(&secs) || (secs == 0.0 && !zero_allowed) {
         return Err(bad());
     }
     *target = Duration::from_secs_f64(secs);
     Ok(())
 }
 
-fn read_size(matches: &getopts::Matches, name: &str, target: &mut usize) -> Result<(), ConfigError> {
+fn read_size(
+    matches: &getopts::Matches,
+    name: &str,
+    target: &mut usize,
+) -> Result<(), ConfigError> {
     if let Some(text) = matches.opt_str(name) {
-        *target = parse_size(&text)
-            .filter(|size| *size > 0)
-            .ok_or_else(|| ConfigError::new(format!("--{name}: {text:?} is not a size like 65536, 64K or 8M")))?;
+        *target = parse_size(&text).filter(|size| *size > 0).ok_or_else(|| {
+            ConfigError::new(format!(
+                "--{name}: {text:?} is not a size like 65536, 64K or 8M"
+            ))
+        })?;
     }
     Ok(())
 }
@@ -298,8 +382,16 @@ mod tests {
     #[test]
     fn options_are_applied() {
         let Ok(Command::Run(config)) = parse(&[
-            "-p", "9000", "--idle-timeout", "0.5", "--max-text", "8K", "--output-soft", "1M",
-            "--media-grace", "0",
+            "-p",
+            "9000",
+            "--idle-timeout",
+            "0.5",
+            "--max-text",
+            "8K",
+            "--output-soft",
+            "1M",
+            "--media-grace",
+            "0",
         ]) else {
             panic!("valid options parse");
         };

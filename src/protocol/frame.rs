@@ -11,8 +11,8 @@
 //! No buffers beyond the caller's `Vec`, no sockets.
 
 use super::qdatastream::{
-    ByteArrayLen, Cursor, NULL_LENGTH, QStr, QString, Short, put_qbytearray_len, put_qstr,
-    put_str, put_u8, put_u16, put_u32, wire_u32,
+    ByteArrayLen, Cursor, NULL_LENGTH, QStr, QString, Short, put_qbytearray_len, put_qstr, put_str,
+    put_u8, put_u16, put_u32, wire_u32,
 };
 use super::{ErrorCode, Framing, MessageType};
 use crate::ids::{CallId, UserId};
@@ -208,7 +208,7 @@ fn begin_frame(framing: Framing, out: &mut Vec<u8>) -> FrameStart {
     }
 }
 
-fn finish_frame(start: FrameStart, trailing: u64, out: &mut Vec<u8>) {
+fn finish_frame(start: FrameStart, trailing: u64, out: &mut [u8]) {
     if let FrameStart(Some(at)) = start {
         let header = (out.len() - at - 4) as u64;
         let length = u32::try_from(header + trailing).unwrap_or(NULL_LENGTH - 1);
@@ -440,7 +440,10 @@ pub fn decode_server(
     }
 }
 
-fn decode_server_body(input: &[u8], media_takes_rest: bool) -> Result<(ServerMessage, usize), DecodeError> {
+fn decode_server_body(
+    input: &[u8],
+    media_takes_rest: bool,
+) -> Result<(ServerMessage, usize), DecodeError> {
     const ANY: usize = usize::MAX;
     let mut cursor = Cursor::new(input);
     let kind = cursor.u8()?;

@@ -361,9 +361,7 @@ impl FrameParser {
                 if length as usize > frame_bound(other, limits) {
                     return Err(too_large("frame over its limit"));
                 }
-                let body = input
-                    .get(4..4 + length as usize)
-                    .ok_or(Fail::NeedMore)?;
+                let body = input.get(4..4 + length as usize).ok_or(Fail::NeedMore)?;
                 match parse_body(body, context, Framing::LengthPrefixed) {
                     Ok(Whole::Frame(frame, used)) if used == body.len() => Ok(Parsed::Frame {
                         frame,
@@ -389,7 +387,9 @@ impl FrameParser {
         match parse_body(in_frame, context, Framing::LengthPrefixed) {
             Ok(Whole::Frame(frame @ ClientFrame::FileStart { data, .. }, used)) => {
                 if used as u64 + u64::from(data.len) != u64::from(length) {
-                    return Err(malformed("FILE frame length disagrees with its data length"));
+                    return Err(malformed(
+                        "FILE frame length disagrees with its data length",
+                    ));
                 }
                 self.start_body(BodyKind::File, u64::from(data.len));
                 Ok(Parsed::Frame {
@@ -418,13 +418,13 @@ fn media_mode_boundary<'a>(
         let after = input.get(1..).unwrap_or_default();
         let mut may_complete = false;
         for candidate in end_refs {
-            if after.starts_with(candidate) {
-                if let Ok(call_ref) = Cursor::new(after).qstring(usize::MAX) {
-                    return Some(Ok(Parsed::Frame {
-                        frame: ClientFrame::CallEnd { call_ref },
-                        consumed: 1 + candidate.len(),
-                    }));
-                }
+            if after.starts_with(candidate)
+                && let Ok(call_ref) = Cursor::new(after).qstring(usize::MAX)
+            {
+                return Some(Ok(Parsed::Frame {
+                    frame: ClientFrame::CallEnd { call_ref },
+                    consumed: 1 + candidate.len(),
+                }));
             }
             may_complete |= candidate.starts_with(after);
         }
@@ -449,7 +449,10 @@ fn too_large(what: &'static str) -> Fail {
 }
 
 fn unknown_type() -> Fail {
-    Fail::Bad(ProtocolError::new(ErrorCode::UnknownType, "unknown message type"))
+    Fail::Bad(ProtocolError::new(
+        ErrorCode::UnknownType,
+        "unknown message type",
+    ))
 }
 
 fn bad_user_id(what: &'static str) -> Fail {
@@ -502,7 +505,9 @@ fn parse_framed_registration<'a>(input: &'a [u8], limits: &Limits) -> Result<Par
     let length = cursor.u16().map_err(|_| Fail::NeedMore)?;
     let length = check_id_length(length, limits)?;
     if frame_length as usize != 3 + length {
-        return Err(malformed("registration frame length disagrees with the id length"));
+        return Err(malformed(
+            "registration frame length disagrees with the id length",
+        ));
     }
     let user = cursor.bytes(length).map_err(|_| Fail::NeedMore)?;
     Ok(Parsed::Frame {
@@ -530,9 +535,9 @@ fn parse_body<'a>(
         MessageType::File => {
             let to = qstring!(cursor, field, "FILE recipient");
             let name = qstring!(cursor, field, "FILE name");
-            let data = cursor.qbytearray_len(limits.max_file).map_err(|short| {
-                field_error_file(short)
-            })?;
+            let data = cursor
+                .qbytearray_len(limits.max_file)
+                .map_err(field_error_file)?;
             ClientFrame::FileStart { to, name, data }
         }
         MessageType::CallRequest => ClientFrame::CallRequest {
@@ -581,7 +586,9 @@ fn parse_heartbeat_suffix(
     if length as usize != user_id.len() || user_id.is_empty() {
         return match framing {
             Framing::Seed => Ok(()),
-            Framing::LengthPrefixed => Err(malformed("heartbeat body is not a registration suffix")),
+            Framing::LengthPrefixed => {
+                Err(malformed("heartbeat body is not a registration suffix"))
+            }
         };
     }
     let repeated = lookahead.bytes(user_id.len()).map_err(|_| Fail::NeedMore)?;

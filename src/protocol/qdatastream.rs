@@ -97,7 +97,9 @@ pub struct QString {
 }
 
 impl QString {
-    /// Encodes a Rust string as UTF-16BE.
+    /// Encodes a Rust string as UTF-16BE. (Infallible, so `FromStr` with its
+    /// error type would only add noise at every call site.)
+    #[allow(clippy::should_implement_trait)]
     pub fn from_str(text: &str) -> QString {
         let mut utf16 = Vec::with_capacity(text.len() * 2);
         for unit in text.encode_utf16() {
@@ -216,10 +218,7 @@ impl<'a> Cursor<'a> {
         let start = *self;
         let length = self.u32()?;
         if length == NULL_LENGTH {
-            return Ok(ByteArrayLen {
-                len: 0,
-                null: true,
-            });
+            return Ok(ByteArrayLen { len: 0, null: true });
         }
         if u64::from(length) > max_bytes {
             *self = start;
@@ -287,7 +286,9 @@ pub fn put_qbytearray_len(out: &mut Vec<u8>, header: ByteArrayLen) {
 /// Converts a length the relay itself bounded to a wire `quint32`,
 /// saturating below the null marker (never reached under the limits).
 pub fn wire_u32(length: usize) -> u32 {
-    u32::try_from(length).unwrap_or(NULL_LENGTH - 1).min(NULL_LENGTH - 1)
+    u32::try_from(length)
+        .unwrap_or(NULL_LENGTH - 1)
+        .min(NULL_LENGTH - 1)
 }
 
 #[cfg(test)]

@@ -171,11 +171,11 @@ impl Relay {
     /// `conn` is gone (closed, timed out, replaced, protocol error): its
     /// call ends for the other party and its id goes offline.
     pub fn leave(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        if let Some(call_id) = self.registry.session(conn).and_then(|s| s.call.clone()) {
-            if let Some(call) = self.calls.get(&call_id) {
-                let other = call.other_party(conn).conn;
-                self.end_call(&call_id, EndReason::PartyLeft, &[other], out);
-            }
+        if let Some(call_id) = self.registry.session(conn).and_then(|s| s.call.clone())
+            && let Some(call) = self.calls.get(&call_id)
+        {
+            let other = call.other_party(conn).conn;
+            self.end_call(&call_id, EndReason::PartyLeft, &[other], out);
         }
         self.registry.remove(conn);
     }
@@ -198,12 +198,18 @@ impl Relay {
             return;
         }
         match *frame {
-            ClientFrame::CallRequest { callee, video } => self.request(conn, callee, video, now, out),
+            ClientFrame::CallRequest { callee, video } => {
+                self.request(conn, callee, video, now, out)
+            }
             ClientFrame::CallAccept { call_ref } => self.accept(conn, call_ref, out),
-            ClientFrame::CallReject { call_ref, reason } => self.reject(conn, call_ref, reason, out),
+            ClientFrame::CallReject { call_ref, reason } => {
+                self.reject(conn, call_ref, reason, out)
+            }
             ClientFrame::CallEnd { call_ref } => self.hang_up(conn, call_ref, out),
             ClientFrame::Text { to, text } => self.text(conn, to, text, out),
-            ClientFrame::Register { .. } | ClientFrame::FileStart { .. } | ClientFrame::Heartbeat => {}
+            ClientFrame::Register { .. }
+            | ClientFrame::FileStart { .. }
+            | ClientFrame::Heartbeat => {}
         }
     }
 
@@ -217,7 +223,10 @@ impl Relay {
         match self.online_user(to) {
             Some(receiver) => FileRoute::Deliver { to: receiver, from },
             None => {
-                info!("{conn} ({from}) FILE to {:?}: not online", to.to_string_lossy());
+                info!(
+                    "{conn} ({from}) FILE to {:?}: not online",
+                    to.to_string_lossy()
+                );
                 FileRoute::Undeliverable
             }
         }
@@ -238,24 +247,24 @@ impl Relay {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
-        if let CallState::Ringing { deadline } = call.state {
-            if now >= deadline {
-                let (caller, callee) = (call.caller.conn, call.callee.conn);
-                out.push(Action::Send {
-                    to: caller,
-                    frame: ServerFrame::CallReject {
-                        call_id: call_id.clone(),
-                        reason: QString::from_str("timeout"),
-                    },
-                });
-                out.push(Action::Send {
-                    to: callee,
-                    frame: ServerFrame::CallEnd {
-                        call_id: call_id.clone(),
-                    },
-                });
-                self.end_call(call_id, EndReason::RingTimeout, &[], out);
-            }
+        if let CallState::Ringing { deadline } = call.state
+            && now >= deadline
+        {
+            let (caller, callee) = (call.caller.conn, call.callee.conn);
+            out.push(Action::Send {
+                to: caller,
+                frame: ServerFrame::CallReject {
+                    call_id: call_id.clone(),
+                    reason: QString::from_str("timeout"),
+                },
+            });
+            out.push(Action::Send {
+                to: callee,
+                frame: ServerFrame::CallEnd {
+                    call_id: call_id.clone(),
+                },
+            });
+            self.end_call(call_id, EndReason::RingTimeout, &[], out);
         }
     }
 
@@ -264,7 +273,14 @@ impl Relay {
         self.registry.lookup(&user)
     }
 
-    fn request(&mut self, conn: ConnId, callee: QStr<'_>, video: u8, now: Instant, out: &mut Vec<Action>) {
+    fn request(
+        &mut self,
+        conn: ConnId,
+        callee: QStr<'_>,
+        video: u8,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let Some(caller) = self.user_of(conn).cloned() else {
             return;
         };
@@ -365,7 +381,13 @@ impl Relay {
         }
     }
 
-    fn reject(&mut self, conn: ConnId, call_ref: QStr<'_>, reason: QStr<'_>, out: &mut Vec<Action>) {
+    fn reject(
+        &mut self,
+        conn: ConnId,
+        call_ref: QStr<'_>,
+        reason: QStr<'_>,
+        out: &mut Vec<Action>,
+    ) {
         let Some(call_id) = self.resolve(conn, call_ref) else {
             return self.no_such_call(conn, "CALL_REJECT", call_ref, out);
         };
@@ -429,7 +451,10 @@ impl Relay {
             None => {
                 self.stats.texts_undeliverable += 1;
                 let detail = format!("{:?} is not online", to.to_string_lossy());
-                info!("{conn} ({from}) TEXT to {}: not online", to.to_string_lossy());
+                info!(
+                    "{conn} ({from}) TEXT to {}: not online",
+                    to.to_string_lossy()
+                );
                 out.push(Action::Notify {
                     to: conn,
                     code: ErrorCode::Offline,
@@ -440,7 +465,13 @@ impl Relay {
     }
 
     /// Removes a call, unlinks its parties and sends CALL_END to `notify`.
-    fn end_call(&mut self, call_id: &CallId, reason: EndReason, notify: &[ConnId], out: &mut Vec<Action>) {
+    fn end_call(
+        &mut self,
+        call_id: &CallId,
+        reason: EndReason,
+        notify: &[ConnId],
+        out: &mut Vec<Action>,
+    ) {
         let Some(call) = self.calls.remove(call_id) else {
             return;
         };
@@ -478,7 +509,8 @@ impl Relay {
             return Some(call_id);
         }
         let named = call_ref.to_string_strict()?;
-        (named == call_id.as_str() || named == call.other_party(conn).user.as_str()).then_some(call_id)
+        (named == call_id.as_str() || named == call.other_party(conn).user.as_str())
+            .then_some(call_id)
     }
 
     fn no_such_call(&self, conn: ConnId, what: &str, call_ref: QStr<'_>, out: &mut Vec<Action>) {

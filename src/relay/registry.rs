@@ -66,7 +66,10 @@ mod tests {
     use super::*;
 
     fn conn(slot: usize) -> ConnId {
-        ConnId { slot, generation: 1 }
+        ConnId {
+            slot,
+            generation: 1,
+        }
     }
 
     #[test]

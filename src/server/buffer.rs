@@ -84,7 +84,11 @@ impl ReadBuffer {
     /// the storage grows (doubling, up to `max_len`) only when it is full of
     /// unconsumed bytes, which the parser allows only for a frame that is
     /// still arriving and fits the limits.
-    pub fn space(&mut self, pool: &mut BufferPool, max_len: usize) -> Result<&mut [u8], BufferFull> {
+    pub fn space(
+        &mut self,
+        pool: &mut BufferPool,
+        max_len: usize,
+    ) -> Result<&mut [u8], BufferFull> {
         if self.storage.is_empty() {
             self.storage = pool.take();
         }

@@ -171,7 +171,11 @@ impl Connection {
     }
 
     /// The seed media phase at `now` (PROTOCOL.md section 4).
-    pub fn seed_phase(link: Option<&MediaLink>, grace_until: Option<Instant>, now: Instant) -> SeedPhase<'_> {
+    pub fn seed_phase(
+        link: Option<&MediaLink>,
+        grace_until: Option<Instant>,
+        now: Instant,
+    ) -> SeedPhase<'_> {
         match link {
             Some(link) if link.media_mode => SeedPhase::MediaMode {
                 end_refs: &link.end_refs,
@@ -214,7 +218,8 @@ impl Connection {
     /// Returns false if the socket failed (the peer is gone).
     pub fn flush(&mut self) -> bool {
         while !self.output.is_empty() {
-            let (count, result) = socket::write_all_vectored(&mut self.socket, &[self.output.pending()]);
+            let (count, result) =
+                socket::write_all_vectored(&mut self.socket, &[self.output.pending()]);
             self.output.advance(count);
             match result {
                 SocketResult::Continue => {}

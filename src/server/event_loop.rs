@@ -162,10 +162,10 @@ impl Server {
         } else {
             Some(Duration::ZERO)
         };
-        if let Err(error) = self.poll.poll(&mut self.events, timeout) {
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
-            }
+        if let Err(error) = self.poll.poll(&mut self.events, timeout)
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(error);
         }
         self.now = Instant::now();
         let mut accept = false;
@@ -214,7 +214,10 @@ impl Server {
                 Ok((stream, addr)) => {
                     if self.conns.len() + self.accepted.len() >= self.config.max_connections {
                         self.counters.connections_refused += 1;
-                        debug!("refused {addr}: connection limit {} reached", self.config.max_connections);
+                        debug!(
+                            "refused {addr}: connection limit {} reached",
+                            self.config.max_connections
+                        );
                         drop(stream);
                         continue;
                     }
@@ -224,7 +227,8 @@ impl Server {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
                     warn!("accept failed: {error}; retrying in {ACCEPT_RETRY:?}");
-                    self.timers.arm(self.now + ACCEPT_RETRY, TimerKey::AcceptRetry);
+                    self.timers
+                        .arm(self.now + ACCEPT_RETRY, TimerKey::AcceptRetry);
                     return;
                 }
             }
@@ -242,10 +246,10 @@ impl Server {
                 slot: entry.key(),
                 generation: self.next_generation,
             };
-            if let Err(error) = self
-                .poll
-                .registry()
-                .register(&mut stream, Token(id.slot), Interest::READABLE)
+            if let Err(error) =
+                self.poll
+                    .registry()
+                    .register(&mut stream, Token(id.slot), Interest::READABLE)
             {
                 warn!("{addr}: cannot register with the poll: {error}");
                 continue;
@@ -315,7 +319,10 @@ impl Server {
                 }
             }
         }
-        if self.conn(id).is_some_and(|conn| conn.readable || conn.peer_closed) {
+        if self
+            .conn(id)
+            .is_some_and(|conn| conn.readable || conn.peer_closed)
+        {
             self.ready.push_back(id);
         }
     }
@@ -350,13 +357,14 @@ impl Server {
         if conn.input.is_empty() {
             return Some(Flow::ReadMore);
         }
-        if let (true, BodyTarget::To(dest)) = (conn.parser.in_body(), conn.body_target) {
-            if conn.parser.body_kind() == Some(BodyKind::File)
-                && self.conn(dest).is_some_and(|d| d.output.len() >= soft && !d.is_closing())
-            {
-                self.pause(id, dest);
-                return Some(Flow::Stop);
-            }
+        if let (true, BodyTarget::To(dest)) = (conn.parser.in_body(), conn.body_target)
+            && conn.parser.body_kind() == Some(BodyKind::File)
+            && self
+                .conn(dest)
+                .is_some_and(|d| d.output.len() >= soft && !d.is_closing())
+        {
+            self.pause(id, dest);
+            return Some(Flow::Stop);
         }
         self.parse_one(id)
     }
@@ -470,7 +478,11 @@ impl Server {
             None => None,
         };
         let complete = in_hand as u64 == u64::from(payload_len);
-        let target = peer.and_then(|peer| self.conn(peer).filter(|p| !p.is_closing()).map(|p| (peer, p)));
+        let target = peer.and_then(|peer| {
+            self.conn(peer)
+                .filter(|p| !p.is_closing())
+                .map(|p| (peer, p))
+        });
         let decision = match target {
             None => MediaDecision::Drop(DropWhy::NoCall),
             Some((_, p)) if p.output.len() >= soft => MediaDecision::Drop(DropWhy::Overflow),
@@ -507,10 +519,17 @@ impl Server {
                 }
             }
             MediaDecision::Hold(peer) | MediaDecision::Forward(peer) => {
-                let peer_framing = self.conn(peer).and_then(Connection::framing).unwrap_or(Framing::Seed);
+                let peer_framing = self
+                    .conn(peer)
+                    .and_then(Connection::framing)
+                    .unwrap_or(Framing::Seed);
                 self.scratch.clear();
                 let mut out_header = std::mem::take(&mut self.scratch);
-                encode_server(&ServerFrame::MediaHeader { payload_len }, peer_framing, &mut out_header);
+                encode_server(
+                    &ServerFrame::MediaHeader { payload_len },
+                    peer_framing,
+                    &mut out_header,
+                );
                 self.forward(id, peer, &out_header, header, in_hand);
                 self.scratch = out_header;
                 self.counters.media_frames_relayed += 1;
@@ -523,10 +542,8 @@ impl Server {
                         BodyTarget::To(peer)
                     };
                 }
-                if !complete {
-                    if let Some(p) = self.conn_mut(peer) {
-                        p.inbound = Some(id);
-                    }
+                if !complete && let Some(p) = self.conn_mut(peer) {
+                    p.inbound = Some(id);
                 }
             }
         }
@@ -545,10 +562,15 @@ impl Server {
     ) -> Option<Flow> {
         let soft = self.config.output_soft;
         let delivery = match route {
-            FileRoute::Deliver { to, from } => self
-                .conn(to)
-                .filter(|dest| !dest.is_closing())
-                .map(|dest| (to, from, dest.output.len() >= soft || dest.inbound.is_some_and(|o| o != id))),
+            FileRoute::Deliver { to, from } => {
+                self.conn(to).filter(|dest| !dest.is_closing()).map(|dest| {
+                    (
+                        to,
+                        from,
+                        dest.output.len() >= soft || dest.inbound.is_some_and(|o| o != id),
+                    )
+                })
+            }
             FileRoute::Undeliverable => None,
         };
         match delivery {
@@ -561,9 +583,16 @@ impl Server {
             }
             Some((dest, from, false)) => {
                 self.relay.note_file(true);
-                let framing = self.conn(dest).and_then(Connection::framing).unwrap_or(Framing::Seed);
+                let framing = self
+                    .conn(dest)
+                    .and_then(Connection::framing)
+                    .unwrap_or(Framing::Seed);
                 let mut header = Vec::new();
-                encode_server(&ServerFrame::FileHeader { from, name, data }, framing, &mut header);
+                encode_server(
+                    &ServerFrame::FileHeader { from, name, data },
+                    framing,
+                    &mut header,
+                );
                 self.forward(id, dest, &header, 0, 0);
                 let conn = self.conn_mut(id)?;
                 conn.input.consume(consumed);
@@ -645,7 +674,11 @@ impl Server {
         if src.id != from || dst.id != to {
             return;
         }
-        let payload = src.input.data().get(offset..offset + len).unwrap_or_default();
+        let payload = src
+            .input
+            .data()
+            .get(offset..offset + len)
+            .unwrap_or_default();
         let parts = [header, payload];
         let total = header.len() + payload.len();
         if dst.inbound.is_some_and(|owner| owner != from) {
@@ -656,7 +689,9 @@ impl Server {
             self.counters.bytes_zero_copy += written as u64;
             if written < total {
                 let header_left = header.get(written..).unwrap_or_default();
-                let payload_left = payload.get(written.saturating_sub(header.len())..).unwrap_or_default();
+                let payload_left = payload
+                    .get(written.saturating_sub(header.len())..)
+                    .unwrap_or_default();
                 dst.output.push(&[header_left, payload_left]);
                 self.counters.bytes_queued += (total - written) as u64;
             }
@@ -714,10 +749,10 @@ impl Server {
         if let Some(conn) = self.conn_mut(id) {
             conn.paused_on = Some(dest);
         }
-        if let Some(dest_conn) = self.conn_mut(dest) {
-            if !dest_conn.waiters.contains(&id) {
-                dest_conn.waiters.push(id);
-            }
+        if let Some(dest_conn) = self.conn_mut(dest)
+            && !dest_conn.waiters.contains(&id)
+        {
+            dest_conn.waiters.push(id);
         }
         debug!("{id} paused until {dest} drains");
     }
@@ -729,11 +764,11 @@ impl Server {
             None => return,
         };
         for waiter in waiters {
-            if let Some(conn) = self.conn_mut(waiter) {
-                if conn.paused_on == Some(dest) {
-                    conn.paused_on = None;
-                    self.ready.push_back(waiter);
-                }
+            if let Some(conn) = self.conn_mut(waiter)
+                && conn.paused_on == Some(dest)
+            {
+                conn.paused_on = None;
+                self.ready.push_back(waiter);
             }
         }
     }
@@ -742,7 +777,11 @@ impl Server {
 
     /// Encodes a frame in the receiver's framing and queues it.
     fn send_frame(&mut self, to: ConnId, frame: &ServerFrame) {
-        let Some(framing) = self.conn(to).filter(|c| !c.is_closing()).and_then(Connection::framing) else {
+        let Some(framing) = self
+            .conn(to)
+            .filter(|c| !c.is_closing())
+            .and_then(Connection::framing)
+        else {
             return;
         };
         let mut bytes = std::mem::take(&mut self.scratch);
@@ -802,14 +841,20 @@ impl Server {
     fn apply(&mut self, action: Action) {
         match action {
             Action::Send { to, frame } => self.send_frame(to, &frame),
-            Action::Notify { to, code, detail } => match self.conn(to).and_then(Connection::framing) {
-                Some(Framing::LengthPrefixed) => self.send_frame(to, &ServerFrame::Error { code, detail }),
-                Some(Framing::Seed) => {
-                    self.counters.errors_unreported_seed += 1;
-                    debug!("{to}: {code} ({detail}) not reported: seed connections get no ERROR");
+            Action::Notify { to, code, detail } => {
+                match self.conn(to).and_then(Connection::framing) {
+                    Some(Framing::LengthPrefixed) => {
+                        self.send_frame(to, &ServerFrame::Error { code, detail })
+                    }
+                    Some(Framing::Seed) => {
+                        self.counters.errors_unreported_seed += 1;
+                        debug!(
+                            "{to}: {code} ({detail}) not reported: seed connections get no ERROR"
+                        );
+                    }
+                    None => {}
                 }
-                None => {}
-            },
+            }
             Action::Close { conn, code } => {
                 let detail = "a newer connection registered this user id".to_owned();
                 self.begin_close(conn, CloseReason::Error(code, detail));
@@ -844,7 +889,10 @@ impl Server {
         while let Some(key) = self.timers.pop_expired(self.now) {
             match key {
                 TimerKey::Register(id) => {
-                    if self.conn(id).is_some_and(|c| c.state == ConnState::AwaitingRegistration) {
+                    if self
+                        .conn(id)
+                        .is_some_and(|c| c.state == ConnState::AwaitingRegistration)
+                    {
                         let detail = "no registration within the registration timeout".to_owned();
                         self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
                     }
@@ -930,7 +978,9 @@ impl Server {
         conn.link = None;
         let inbound = conn.inbound.take();
         let outbound = match conn.body_target {
-            BodyTarget::To(dest) if conn.parser.in_body() => Some((dest, conn.parser.body_remaining())),
+            BodyTarget::To(dest) if conn.parser.in_body() => {
+                Some((dest, conn.parser.body_remaining()))
+            }
             _ => None,
         };
         conn.body_target = BodyTarget::Discard;
@@ -956,7 +1006,10 @@ impl Server {
             let chunk = usize::try_from(remaining).map_or(PAD_CHUNK, |left| left.min(PAD_CHUNK));
             self.enqueue(dest, from, &[zeros.get(..chunk).unwrap_or_default()]);
             remaining -= chunk as u64;
-            if self.conn(dest).is_some_and(|d| d.output.len() > self.config.output_hard) {
+            if self
+                .conn(dest)
+                .is_some_and(|d| d.output.len() > self.config.output_hard)
+            {
                 break;
             }
         }

@@ -91,7 +91,10 @@ mod tests {
         let parts: [&[u8]; 3] = [b"ab", b"cde", b"f"];
         let mut slices = [IoSlice::new(&[]); MAX_PARTS];
         let used = remaining_slices(&parts, 3, &mut slices);
-        let joined: Vec<u8> = slices[..used].iter().flat_map(|s| s.iter().copied()).collect();
+        let joined: Vec<u8> = slices[..used]
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect();
         assert_eq!(joined, b"def");
     }
 
