@@ -120,6 +120,10 @@ pub struct Connection {
     pub waiters: Vec<ConnId>,
     /// Media frames to this connection dropped over the soft limit.
     pub media_dropped: u64,
+    /// Queued on the server's ready list.
+    pub queued_ready: bool,
+    /// Queued on the server's flush list.
+    pub queued_dirty: bool,
 }
 
 impl Connection {
@@ -146,6 +150,8 @@ impl Connection {
             inbound: None,
             waiters: Vec::new(),
             media_dropped: 0,
+            queued_ready: false,
+            queued_dirty: false,
         }
     }
 

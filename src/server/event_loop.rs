@@ -169,7 +169,9 @@ impl Server {
         }
         self.now = Instant::now();
         let mut accept = false;
-        for event in self.events.iter() {
+        // Taken out for the batch so the handlers below may borrow `self`.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
             if event.token() == LISTENER {
                 accept = true;
                 continue;
@@ -181,12 +183,13 @@ impl Server {
             let id = conn.id;
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 conn.readable = true;
-                self.ready.push_back(id);
+                self.mark_ready(id);
             }
             if event.is_writable() || event.is_write_closed() {
-                self.dirty.push(id);
+                self.mark_dirty(id);
             }
         }
+        self.events = events;
         if accept {
             self.accept_all();
         }
@@ -196,6 +199,26 @@ impl Server {
         self.flush_dirty();
         self.reap_closed();
         Ok(())
+    }
+
+    /// Queues a connection for input handling (once).
+    fn mark_ready(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id)
+            && !conn.queued_ready
+        {
+            conn.queued_ready = true;
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Queues a connection for a flush before the next poll (once).
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id)
+            && !conn.queued_dirty
+        {
+            conn.queued_dirty = true;
+            self.dirty.push(id);
+        }
     }
 
     fn conn(&self, id: ConnId) -> Option<&Connection> {
@@ -271,7 +294,10 @@ impl Server {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
-            self.service(id);
+            if let Some(conn) = self.conn_mut(id) {
+                conn.queued_ready = false;
+                self.service(id);
+            }
         }
     }
 
@@ -648,7 +674,7 @@ impl Server {
         if let Some(conn) = self.conn_mut(dest) {
             conn.inbound = None;
             conn.output.release_held();
-            self.dirty.push(dest);
+            self.mark_dirty(dest);
         }
         self.wake_waiters(dest);
     }
@@ -730,7 +756,7 @@ impl Server {
         };
         let (queued, closing) = (dst.output.len(), dst.is_closing());
         if !dst.output.is_empty() {
-            self.dirty.push(to);
+            self.mark_dirty(to);
         }
         if queued > hard && !closing {
             self.counters.output_overflow_closes += 1;
@@ -799,13 +825,14 @@ impl Server {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
             };
+            conn.queued_dirty = false;
             if !conn.flush() && !conn.is_closing() {
                 self.begin_close(id, CloseReason::PeerClosed);
             }
             let Some(conn) = self.conn(id) else {
                 continue;
             };
-            if conn.output.len() < soft && !conn.waiters.is_empty() && conn.inbound.is_none() {
+            if conn.output.len() < soft && !conn.waiters.is_empty() {
                 self.wake_waiters(id);
             }
             self.finish_if_done(id);
@@ -994,7 +1021,7 @@ impl Server {
         self.apply_actions();
         self.wake_waiters(id);
         self.timers.arm(deadline, TimerKey::Linger(id));
-        self.dirty.push(id);
+        self.mark_dirty(id);
     }
 
     /// Completes a cut-through frame from a sender that vanished mid-frame
