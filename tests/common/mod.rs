@@ -86,7 +86,13 @@ impl RelayProcess {
     #[track_caller]
     pub fn expect_log(&self, needles: &[&str]) -> String {
         let matches = |line: &str| needles.iter().all(|needle| line.contains(needle));
-        if let Some(line) = self.log.lock().expect("log lock").iter().find(|l| matches(l)) {
+        if let Some(line) = self
+            .log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .find(|l| matches(l))
+        {
             return line.clone();
         }
         let deadline = Instant::now() + WAIT;
@@ -284,7 +290,11 @@ impl Client {
         }
         let got: Vec<u8> = self.buffer.drain(..expected.len()).collect();
         if got != expected {
-            let at = got.iter().zip(expected).position(|(a, b)| a != b).unwrap_or(0);
+            let at = got
+                .iter()
+                .zip(expected)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
             panic!(
                 "bytes differ at offset {at} of {}: got {:02x?}, expected {:02x?}",
                 expected.len(),
@@ -361,7 +371,11 @@ impl Client {
         }
         assert_eq!(got.len(), payload.len());
         if got != payload {
-            let at = got.iter().zip(payload).position(|(a, b)| a != b).unwrap_or(0);
+            let at = got
+                .iter()
+                .zip(payload)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
             panic!("media differs at byte {at} of {}", payload.len());
         }
     }
@@ -478,4 +492,251 @@ pub fn accepted_call(alice: &mut Client, bob: &mut Client) -> String {
     alice.expect_accept(&call_id);
     bob.expect_accept(&call_id);
     call_id
+}
+
+// ----- helpers for the bad-input, timeout and CLI tests ----------------------
+
+impl RelayProcess {
+    /// Every log line seen so far.
+    pub fn log_snapshot(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    /// The connection id (`cN.G`) the relay logged when it accepted the
+    /// client whose local address is `addr`.
+    #[track_caller]
+    pub fn conn_id_of(&self, addr: SocketAddr) -> String {
+        let marker = format!(" connected from {addr}");
+        let line = self.expect_log(&[&marker]);
+        let before = line.split(&marker).next().unwrap_or_default();
+        before
+            .split_whitespace()
+            .last()
+            .expect("a connection id before \"connected from\"")
+            .to_owned()
+    }
+}
+
+impl Client {
+    /// This client's local address (the peer address the relay logs).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+
+    /// Waits until `deadline` for the next complete message; `None` if none
+    /// is complete by then. EOF or a malformed message fails the test.
+    #[track_caller]
+    pub fn recv_before(&mut self, deadline: Instant) -> Option<ServerMessage> {
+        loop {
+            if !self.buffer.is_empty() {
+                match decode_server(&self.buffer, self.framing) {
+                    Ok((message, used)) => {
+                        self.buffer.drain(..used);
+                        return Some(message);
+                    }
+                    Err(DecodeError::NeedMore) => {}
+                    Err(DecodeError::Malformed) => {
+                        panic!("relay sent a malformed message: {:02x?}", self.buffer)
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .expect("set read timeout");
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("connection closed while waiting for a message"),
+                Ok(count) => self.buffer.extend_from_slice(&chunk[..count]),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => panic!("read from the relay failed: {error}"),
+            }
+        }
+    }
+}
+
+// ----- helpers for the media, file and framing tests ------------------------
+
+/// Encodes a client message in `framing` (the bytes a Qt client writes).
+pub fn encode_in(message: &ClientMessage, framing: Framing) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_client(message, framing, &mut bytes);
+    bytes
+}
+
+/// The exact bytes the relay sends for a FILE from `from` in `framing`.
+pub fn file_frame_bytes(framing: Framing, from: &str, name: &str, data: &[u8]) -> Vec<u8> {
+    use callrelay::protocol::qdatastream::{put_str, put_u32};
+    let mut body = vec![1u8];
+    put_str(&mut body, from);
+    put_str(&mut body, name);
+    put_u32(
+        &mut body,
+        u32::try_from(data.len()).expect("file fits a quint32"),
+    );
+    body.extend_from_slice(data);
+    prefixed(framing, body)
+}
+
+/// The exact bytes the relay sends for one media frame in `framing`.
+pub fn media_frame_bytes(framing: Framing, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![6u8];
+    body.extend_from_slice(payload);
+    prefixed(framing, body)
+}
+
+fn prefixed(framing: Framing, body: Vec<u8>) -> Vec<u8> {
+    match framing {
+        Framing::Seed => body,
+        Framing::LengthPrefixed => {
+            let length = u32::try_from(body.len()).expect("frame fits a quint32");
+            let mut out = length.to_be_bytes().to_vec();
+            out.extend_from_slice(&body);
+            out
+        }
+    }
+}
+
+/// A media payload a seed client can send safely: only `A`..=`Z`, never
+/// `5`, `6` or `7`, so a piece of it that reaches the relay on its own is
+/// always a continuation, and a seed receiver can tell `6` headers from
+/// payload bytes. `salt` makes payloads distinct.
+pub fn seed_safe_payload(len: usize, salt: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| b'A' + ((i * 7 + salt * 13 + i / 26) % 26) as u8)
+        .collect()
+}
+
+/// A non-constant pattern over every byte value: `(i*7 + i/251) as u8`.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+impl Client {
+    /// Encodes `message` in this client's framing.
+    pub fn encode(&self, message: &ClientMessage) -> Vec<u8> {
+        encode_in(message, self.framing)
+    }
+
+    /// FILE.
+    #[track_caller]
+    pub fn send_file(&mut self, to: &str, name: &str, data: &[u8]) {
+        self.send(&ClientMessage::File {
+            to: q(to),
+            name: q(name),
+            data: data.to_vec(),
+        });
+    }
+
+    /// HEARTBEAT, with the registration suffix if `suffix`.
+    #[track_caller]
+    pub fn send_heartbeat(&mut self, suffix: bool) {
+        let suffix = suffix.then(|| self.user.clone());
+        self.send(&ClientMessage::Heartbeat { suffix });
+    }
+
+    /// Writes `bytes` one byte per write (TCP_NODELAY is on).
+    #[track_caller]
+    pub fn drip(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.send_raw(std::slice::from_ref(byte));
+        }
+    }
+
+    /// Writes `bytes` from another thread (for frames larger than the
+    /// socket buffers while this thread reads elsewhere). Join the handle
+    /// to see a write failure.
+    pub fn send_in_background(&self, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+        let mut stream = self.stream.try_clone().expect("clone the socket");
+        std::thread::spawn(move || {
+            stream
+                .write_all(&bytes)
+                .expect("background send to the relay")
+        })
+    }
+
+    /// Waits for one media frame with exactly `payload`: on a
+    /// length-prefixed connection one frame, on a seed one `6` + payload.
+    #[track_caller]
+    pub fn expect_media_frame(&mut self, payload: &[u8]) {
+        let expected = media_frame_bytes(self.framing, payload);
+        self.expect_bytes(&expected);
+    }
+
+    /// Waits for media carrying exactly `payload`, cut into any number of
+    /// frames (empty ones included), as seed media delimited by arrival is.
+    /// For a seed receiver the payload must not contain the byte 6 (see
+    /// [`seed_safe_payload`]) so that headers are unambiguous; unlike
+    /// [`Client::expect_media`] this copes with any split of the relay's
+    /// writes by TCP.
+    #[track_caller]
+    pub fn expect_media_chunks(&mut self, payload: &[u8]) {
+        let mut got = 0;
+        match self.framing {
+            Framing::LengthPrefixed => {
+                while got < payload.len() {
+                    match self.recv() {
+                        ServerMessage::Media { payload: piece } => {
+                            let end = got + piece.len();
+                            assert!(
+                                end <= payload.len() && piece == payload[got..end],
+                                "media piece of {} bytes at offset {got} of {} differs",
+                                piece.len(),
+                                payload.len()
+                            );
+                            got = end;
+                        }
+                        other => panic!("expected media at offset {got}, got {other:?}"),
+                    }
+                }
+            }
+            Framing::Seed => {
+                assert!(
+                    !payload.contains(&6),
+                    "expect_media_chunks on a seed connection needs a payload without 6"
+                );
+                let deadline = Instant::now() + WAIT;
+                let mut header_seen = false;
+                loop {
+                    let mut used = 0;
+                    while used < self.buffer.len() && got < payload.len() {
+                        let byte = self.buffer[used];
+                        if byte == 6 {
+                            header_seen = true;
+                        } else {
+                            assert!(
+                                header_seen,
+                                "media bytes without a 6 header: {:02x?}",
+                                &self.buffer[..self.buffer.len().min(32)]
+                            );
+                            assert_eq!(
+                                byte,
+                                payload[got],
+                                "media differs at byte {got} of {}",
+                                payload.len()
+                            );
+                            got += 1;
+                        }
+                        used += 1;
+                    }
+                    self.buffer.drain(..used);
+                    if got == payload.len() {
+                        break;
+                    }
+                    assert!(
+                        self.fill(deadline),
+                        "closed after {got} of {} media bytes",
+                        payload.len()
+                    );
+                }
+            }
+        }
+    }
 }
