@@ -503,6 +503,13 @@ impl Server {
             }
             None => None,
         };
+        if is_seed && payload_len == 0 {
+            // A seed `6` that arrived alone: its payload comes in the next
+            // read as a continuation. Relaying an empty frame would only
+            // make the receiver play nothing.
+            conn.input.consume(header);
+            return None;
+        }
         let complete = in_hand as u64 == u64::from(payload_len);
         let target = peer.and_then(|peer| {
             self.conn(peer)
