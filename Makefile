@@ -3,7 +3,10 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all build release run test lint fmt clippy clean
+.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden
+
+QMAKE ?= /usr/lib/qt5/bin/qmake
+QT_BUILD := target/qt
 
 all: build
 
@@ -20,8 +23,21 @@ run: release
 	./target/release/callrelay $(ARGS)
 
 # Everything the tests need, then every test: unit, codec properties, integration over real sockets, lint.
-test: lint
+test: lint qt
 	$(CARGO) test --all-targets
+
+# Install what the tests need beyond Rust (Qt 5 and a C++ compiler, from Debian) when missing.
+deps:
+	./.ci/install-deps
+
+# Build the real Qt 5 client of the interop tests into target/qt/qtclient.
+qt: deps
+	mkdir -p $(QT_BUILD)
+	cd $(QT_BUILD) && $(QMAKE) ../../tests/qt/qtclient.pro && $(MAKE) --no-print-directory -s
+
+# Regenerate the Qt-written golden vectors the codec tests compare against.
+qt-golden: qt
+	$(QT_BUILD)/qtclient golden > tests/qt/golden.txt
 
 # Formatting and clippy must stay clean; protocol/ and relay/ must not use mio (layering).
 lint:
