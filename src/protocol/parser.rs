@@ -85,6 +85,17 @@ pub enum Parsed<'a> {
     },
 }
 
+/// A run of complete length-prefixed media frames (see [`FrameParser::media_run`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaRun {
+    /// Frames in the run.
+    pub frames: u64,
+    /// Bytes of the run, prefixes included.
+    pub len: usize,
+    /// Payload bytes in the run.
+    pub payload: u64,
+}
+
 /// Which kind of streamed body a [`Parsed::Body`] belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyKind {
@@ -251,6 +262,33 @@ impl FrameParser {
             Err(Fail::NeedMore) => Ok(Parsed::NeedMore),
             Err(Fail::Bad(error)) => Err(error),
         }
+    }
+
+    /// The longest prefix of `input` made of complete length-prefixed
+    /// media frames within the limits, when the parser is at a frame
+    /// boundary of a registered length-prefixed connection: such a run is
+    /// byte for byte what a length-prefixed receiver must get, so the server
+    /// can forward it with one write. Parsing state is not changed.
+    pub fn media_run(&self, input: &[u8], limits: &Limits) -> MediaRun {
+        let mut run = MediaRun::default();
+        if self.framing != Some(Framing::LengthPrefixed) || !self.registered || self.body.is_some() {
+            return run;
+        }
+        let mut rest = input;
+        while let Some(&[a, b, c, d, kind]) = rest.get(..5) {
+            let length = u32::from_be_bytes([a, b, c, d]);
+            if kind != MessageType::MediaData as u8 || length == 0 || length - 1 > limits.max_media {
+                break;
+            }
+            let Some(next) = rest.get(4 + length as usize..) else {
+                break;
+            };
+            run.frames += 1;
+            run.len += 4 + length as usize;
+            run.payload += u64::from(length - 1);
+            rest = next;
+        }
+        run
     }
 
     fn continue_body(&mut self, body: BodyInProgress, available: usize) -> Parsed<'static> {

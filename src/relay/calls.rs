@@ -142,6 +142,16 @@ impl Calls {
         self.by_id.contains_key(id)
     }
 
+    /// Live calls (ringing or active).
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// True when there is no call.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
     /// (ringing, active) counts.
     pub fn counts(&self) -> (usize, usize) {
         let ringing = self

@@ -149,7 +149,12 @@ impl Relay {
         self.registry.online()
     }
 
-    /// (ringing, active) calls.
+    /// Live calls (ringing or active), in constant time.
+    pub fn live_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// (ringing, active) calls (counts every call: for metrics, not hot paths).
     pub fn call_counts(&self) -> (usize, usize) {
         self.calls.counts()
     }
@@ -266,6 +271,15 @@ impl Relay {
             });
             self.end_call(call_id, EndReason::RingTimeout, &[], out);
         }
+    }
+
+    /// False once a timer can no longer do anything (its call was answered
+    /// or ended), so the server may forget it.
+    pub fn timer_is_live(&self, timer: &RelayTimer) -> bool {
+        let RelayTimer::Ring(call_id) = timer;
+        self.calls
+            .get(call_id)
+            .is_some_and(|call| matches!(call.state, CallState::Ringing { .. }))
     }
 
     fn online_user(&self, name: QStr<'_>) -> Option<ConnId> {

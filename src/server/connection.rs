@@ -99,6 +99,8 @@ pub struct Connection {
     pub readable: bool,
     /// The peer closed its side (EOF) or reset.
     pub peer_closed: bool,
+    /// The poll reported the peer's FIN or an error: read until EOF.
+    pub read_closed: bool,
     /// The write side was shut down after the last output.
     pub shut_down: bool,
     /// The registered id's bytes (empty before registration).
@@ -140,6 +142,7 @@ impl Connection {
             registered_interest: Interest::READABLE,
             readable: false,
             peer_closed: false,
+            read_closed: false,
             shut_down: false,
             user_id: Vec::new(),
             last_input: now,
@@ -197,9 +200,18 @@ impl Connection {
         let Ok(space) = self.input.space(pool, max_len) else {
             return ReadOutcome::BufferFull;
         };
+        let room = space.len();
         match socket::read_once(&mut self.socket, space) {
             (count, SocketResult::Continue) => {
                 self.input.fill(count);
+                // A short read drained the socket: under edge-triggered
+                // polling, bytes arriving later bring a new event, so the
+                // read that would only return WouldBlock is skipped. Not
+                // when the peer's FIN is already known (no event would
+                // follow it).
+                if count < room && !self.read_closed {
+                    self.readable = false;
+                }
                 ReadOutcome::Read(count)
             }
             (_, SocketResult::WouldBlock) => {

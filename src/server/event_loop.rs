@@ -39,7 +39,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 /// Size of the read buffers lent to connections with input.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Free read buffers kept for reuse.
-const POOL_KEEP: usize = 256;
+const POOL_KEEP: usize = 32;
 /// Reads per connection per turn before others get theirs (fairness).
 const READS_PER_TURN: usize = 16;
 /// Pause before accepting again after accept failed (e.g. out of fds).
@@ -181,6 +181,9 @@ impl Server {
                 continue;
             };
             let id = conn.id;
+            if event.is_read_closed() || event.is_error() {
+                conn.read_closed = true;
+            }
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 conn.readable = true;
                 self.mark_ready(id);
@@ -196,6 +199,7 @@ impl Server {
         self.insert_accepted();
         self.service_ready();
         self.fire_timers();
+        self.compact_timers();
         self.flush_dirty();
         self.reap_closed();
         Ok(())
@@ -383,6 +387,12 @@ impl Server {
         if conn.input.is_empty() {
             return Some(Flow::ReadMore);
         }
+        if let Some(flow) = self.forward_media_run(id) {
+            return flow;
+        }
+        let Some(conn) = self.conn_mut(id) else {
+            return Some(Flow::Stop);
+        };
         if let (true, BodyTarget::To(dest)) = (conn.parser.in_body(), conn.body_target)
             && conn.parser.body_kind() == Some(BodyKind::File)
             && self
@@ -482,6 +492,38 @@ impl Server {
     }
 
     // ----- media and file bodies -------------------------------------------
+
+    /// The fast path for media between two length-prefixed connections: a
+    /// run of complete media frames at the start of the input is exactly
+    /// what the peer must receive, so it goes out in one write (zero-copy
+    /// when the peer has nothing queued). `None` when there is no such run
+    /// (the generic path handles the input).
+    fn forward_media_run(&mut self, id: ConnId) -> Option<Option<Flow>> {
+        let (soft, limits) = (self.config.output_soft, self.config.limits);
+        let conn = self.conn(id)?;
+        let peer = conn.link.as_ref()?.peer;
+        let run = conn.parser.media_run(conn.input.data(), &limits);
+        if run.frames < 2 {
+            return None;
+        }
+        let target = self.conn(peer).filter(|p| !p.is_closing())?;
+        if target.framing() != Some(Framing::LengthPrefixed) || target.inbound.is_some_and(|owner| owner != id) {
+            return None;
+        }
+        if target.output.len() >= soft {
+            self.counters.media_dropped_overflow += run.frames;
+            if let Some(target) = self.conn_mut(peer) {
+                target.media_dropped += run.frames;
+            }
+        } else {
+            self.forward(id, peer, &[], 0, run.len);
+            self.counters.media_frames_relayed += run.frames;
+            self.counters.media_bytes_relayed += run.payload;
+        }
+        let conn = self.conn_mut(id)?;
+        conn.input.consume(run.len);
+        Some(None)
+    }
 
     /// A media frame from `id` starts with `in_hand` payload bytes after
     /// `header` bytes of its own header.
@@ -945,6 +987,26 @@ impl Server {
             self.apply_actions();
             self.close_queued();
         }
+    }
+
+    /// Drops stale deadlines once they clearly outnumber the live ones
+    /// (at most three per connection and one per ringing call).
+    fn compact_timers(&mut self) {
+        let live_bound = 3 * self.conns.len() + self.relay.live_calls() + 1024;
+        if self.timers.len() <= 2 * live_bound {
+            return;
+        }
+        let (conns, relay) = (&self.conns, &self.relay);
+        let alive = |id: &ConnId| conns.get(id.slot).is_some_and(|conn| conn.id == *id);
+        self.timers.retain(|key| match key {
+            TimerKey::Register(id) => {
+                alive(id) && conns[id.slot].state == ConnState::AwaitingRegistration
+            }
+            TimerKey::Idle(id) | TimerKey::Linger(id) => alive(id),
+            TimerKey::AcceptRetry => true,
+            TimerKey::Relay(timer) => relay.timer_is_live(timer),
+        });
+        debug!("timers compacted to {}", self.timers.len());
     }
 
     fn check_idle(&mut self, id: ConnId) {

@@ -76,6 +76,19 @@ impl<K> Timers<K> {
         self.heap.pop().map(|Reverse(entry)| entry.key)
     }
 
+    /// Drops every pending deadline whose key `keep` rejects. Lazy
+    /// cancellation leaves stale keys behind (a ring timer of a call that
+    /// was answered, the registration timer of a connection that
+    /// registered); the owner calls this when they outnumber the live ones,
+    /// so memory stays bounded under churn.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        let entries = std::mem::take(&mut self.heap).into_vec();
+        self.heap = entries
+            .into_iter()
+            .filter(|Reverse(entry)| keep(&entry.key))
+            .collect();
+    }
+
     /// How many deadlines are pending (stale ones included).
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -105,5 +118,19 @@ mod tests {
         assert_eq!(timers.pop_expired(at), Some("second"));
         assert_eq!(timers.pop_expired(at), None);
         assert_eq!(timers.len(), 1);
+    }
+
+    #[test]
+    fn retain_drops_stale_keys_and_keeps_order() {
+        let base = Instant::now();
+        let mut timers = Timers::default();
+        for index in 0..10u32 {
+            timers.arm(base + Duration::from_secs(u64::from(10 - index)), index);
+        }
+        timers.retain(|key| key % 2 == 0);
+        assert_eq!(timers.len(), 5);
+        let later = base + Duration::from_secs(100);
+        let fired: Vec<u32> = std::iter::from_fn(|| timers.pop_expired(later)).collect();
+        assert_eq!(fired, [8, 6, 4, 2, 0]);
     }
 }

@@ -1,0 +1,148 @@
+//! Blocking set-up steps shared by the modes: connect, register (and prove
+//! the relay processed it), place and accept a call. Every read has a
+//! deadline, so a relay that does not answer fails the run instead of
+//! hanging it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use callrelay::protocol::Framing;
+use callrelay::protocol::frame::{ClientMessage, DecodeError, ServerMessage, decode_server, encode_client};
+use callrelay::protocol::qdatastream::QString;
+
+/// How long one set-up step may take.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A blocking connection to the relay with its framing and leftover input.
+pub struct Session {
+    /// The socket (blocking while setting up).
+    pub stream: TcpStream,
+    /// Its framing.
+    pub framing: Framing,
+    /// The registered user id.
+    pub user: String,
+    input: Vec<u8>,
+}
+
+fn other(message: String) -> io::Error {
+    io::Error::other(message)
+}
+
+impl Session {
+    /// Connects, registers `user` and waits until the relay has processed
+    /// the registration (framed: a heartbeat answered; seed: a TEXT to
+    /// itself comes back).
+    pub fn register(addr: SocketAddr, framing: Framing, user: &str) -> io::Result<Session> {
+        let stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        let mut session = Session {
+            stream,
+            framing,
+            user: user.to_owned(),
+            input: Vec::new(),
+        };
+        session.send(&ClientMessage::Register {
+            kind: 7,
+            user: user.to_owned(),
+        })?;
+        session.sync()?;
+        Ok(session)
+    }
+
+    /// Proves everything sent before has been processed by the relay.
+    pub fn sync(&mut self) -> io::Result<()> {
+        match self.framing {
+            Framing::LengthPrefixed => {
+                self.send(&ClientMessage::Heartbeat { suffix: None })?;
+                match self.recv()? {
+                    ServerMessage::Heartbeat => Ok(()),
+                    other_message => Err(other(format!("{}: expected a heartbeat, got {other_message:?}", self.user))),
+                }
+            }
+            Framing::Seed => {
+                let user = self.user.clone();
+                self.send(&ClientMessage::Text {
+                    to: QString::from_str(&user),
+                    text: QString::from_str("sync"),
+                })?;
+                match self.recv()? {
+                    ServerMessage::Text { .. } => Ok(()),
+                    other_message => Err(other(format!("{user}: expected my TEXT back, got {other_message:?}"))),
+                }
+            }
+        }
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, message: &ClientMessage) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        encode_client(message, self.framing, &mut bytes);
+        self.stream.write_all(&bytes)
+    }
+
+    /// Waits for the next message (not media).
+    pub fn recv(&mut self) -> io::Result<ServerMessage> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            if !self.input.is_empty() {
+                match decode_server(&self.input, self.framing) {
+                    Ok((message, used)) => {
+                        self.input.drain(..used);
+                        return Ok(message);
+                    }
+                    Err(DecodeError::NeedMore) => {}
+                    Err(DecodeError::Malformed) => return Err(other(format!("{}: malformed message from the relay", self.user))),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{}: no answer from the relay", self.user)));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(other(format!("{}: the relay closed the connection", self.user))),
+                Ok(count) => self.input.extend_from_slice(&chunk[..count]),
+                Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Bytes read past the last message (handed to the media parser).
+    pub fn take_input(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.input)
+    }
+}
+
+/// `caller` calls `callee`, which accepts. Returns the call id.
+pub fn accepted_call(caller: &mut Session, callee: &mut Session) -> io::Result<String> {
+    caller.send(&ClientMessage::CallRequest {
+        callee: QString::from_str(&callee.user),
+        video: 1,
+    })?;
+    let call_id = match callee.recv()? {
+        ServerMessage::CallRequest { call_id, .. } => call_id,
+        message => return Err(other(format!("{}: expected CALL_REQUEST, got {message:?}", callee.user))),
+    };
+    callee.send(&ClientMessage::CallAccept {
+        call_ref: QString::from_str(&call_id),
+    })?;
+    for session in [caller, callee] {
+        match session.recv()? {
+            ServerMessage::CallAccept { .. } => {}
+            message => return Err(other(format!("{}: expected CALL_ACCEPT, got {message:?}", session.user))),
+        }
+    }
+    Ok(call_id)
+}
+
+/// A run-unique prefix for user ids, so runs never collide on one relay.
+pub fn run_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_nanos())
+        .unwrap_or(0);
+    format!("load{:x}-{}", nanos % 0xFFFF_FFFF, std::process::id())
+}
