@@ -10,9 +10,17 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
     /// Index in the server's connection slab.
-    pub slot: usize,
-    /// Bumped every time a slot is reused; checked on every lookup.
-    pub generation: u64,
+    pub slot: u32,
+    /// Bumped for every new connection; checked on every lookup. (32 bits:
+    /// a stale reference would have to outlive four billion connections.)
+    pub generation: u32,
+}
+
+impl ConnId {
+    /// The slab index.
+    pub fn index(&self) -> usize {
+        self.slot as usize
+    }
 }
 
 impl fmt::Display for ConnId {

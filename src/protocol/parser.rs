@@ -271,13 +271,15 @@ impl FrameParser {
     /// can forward it with one write. Parsing state is not changed.
     pub fn media_run(&self, input: &[u8], limits: &Limits) -> MediaRun {
         let mut run = MediaRun::default();
-        if self.framing != Some(Framing::LengthPrefixed) || !self.registered || self.body.is_some() {
+        if self.framing != Some(Framing::LengthPrefixed) || !self.registered || self.body.is_some()
+        {
             return run;
         }
         let mut rest = input;
         while let Some(&[a, b, c, d, kind]) = rest.get(..5) {
             let length = u32::from_be_bytes([a, b, c, d]);
-            if kind != MessageType::MediaData as u8 || length == 0 || length - 1 > limits.max_media {
+            if kind != MessageType::MediaData as u8 || length == 0 || length - 1 > limits.max_media
+            {
                 break;
             }
             let Some(next) = rest.get(4 + length as usize..) else {

@@ -65,7 +65,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn conn(slot: usize) -> ConnId {
+    fn conn(slot: u32) -> ConnId {
         ConnId {
             slot,
             generation: 1,

@@ -104,11 +104,12 @@ pub struct Connection {
     /// The write side was shut down after the last output.
     pub shut_down: bool,
     /// The registered id's bytes (empty before registration).
-    pub user_id: Vec<u8>,
+    pub user_id: Box<[u8]>,
     /// When the last input byte arrived.
     pub last_input: Instant,
-    /// The accepted call this connection is in, if any.
-    pub link: Option<MediaLink>,
+    /// The accepted call this connection is in, if any (boxed: most
+    /// connections are idle and should stay small).
+    pub link: Option<Box<MediaLink>>,
     /// Until when stale seed media is dropped after a call ended.
     pub grace_until: Option<Instant>,
     /// Where the body in progress goes.
@@ -144,7 +145,7 @@ impl Connection {
             peer_closed: false,
             read_closed: false,
             shut_down: false,
-            user_id: Vec::new(),
+            user_id: Box::default(),
             last_input: now,
             link: None,
             grace_until: None,

@@ -50,10 +50,9 @@ const PAD_CHUNK: usize = 64 * 1024;
 /// What a deadline is for.
 #[derive(Clone, Debug)]
 enum TimerKey {
-    /// The connection must have registered by now.
-    Register(ConnId),
-    /// The connection may have been idle too long.
-    Idle(ConnId),
+    /// The connection must have registered by now, or (once registered)
+    /// may have been idle too long. One deadline per connection at a time.
+    Liveness(ConnId),
     /// A closing connection's socket is dropped now at the latest.
     Linger(ConnId),
     /// Try accepting again after an accept error.
@@ -88,7 +87,7 @@ pub struct Server {
     local_addr: SocketAddr,
     config: Config,
     conns: Slab<Connection>,
-    next_generation: u64,
+    next_generation: u32,
     relay: Relay,
     timers: Timers<TimerKey>,
     pool: BufferPool,
@@ -226,11 +225,11 @@ impl Server {
     }
 
     fn conn(&self, id: ConnId) -> Option<&Connection> {
-        self.conns.get(id.slot).filter(|conn| conn.id == id)
+        self.conns.get(id.index()).filter(|conn| conn.id == id)
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
-        self.conns.get_mut(id.slot).filter(|conn| conn.id == id)
+        self.conns.get_mut(id.index()).filter(|conn| conn.id == id)
     }
 
     // ----- accepting -------------------------------------------------------
@@ -268,15 +267,19 @@ impl Server {
                 debug!("{addr}: TCP_NODELAY failed: {error}");
             }
             let entry = self.conns.vacant_entry();
-            self.next_generation += 1;
+            self.next_generation = self.next_generation.wrapping_add(1);
+            let Ok(slot) = u32::try_from(entry.key()) else {
+                warn!("{addr}: no connection slot left");
+                continue;
+            };
             let id = ConnId {
-                slot: entry.key(),
+                slot,
                 generation: self.next_generation,
             };
             if let Err(error) =
                 self.poll
                     .registry()
-                    .register(&mut stream, Token(id.slot), Interest::READABLE)
+                    .register(&mut stream, Token(id.index()), Interest::READABLE)
             {
                 warn!("{addr}: cannot register with the poll: {error}");
                 continue;
@@ -286,7 +289,7 @@ impl Server {
             info!("{id} connected from {addr}");
             self.timers.arm(
                 self.now + self.config.timeouts.register,
-                TimerKey::Register(id),
+                TimerKey::Liveness(id),
             );
         }
     }
@@ -316,7 +319,7 @@ impl Server {
             }
             let now = self.now;
             let (pool, max_input) = (&mut self.pool, self.max_input);
-            let Some(conn) = self.conns.get_mut(id.slot).filter(|c| c.id == id) else {
+            let Some(conn) = self.conns.get_mut(id.index()).filter(|c| c.id == id) else {
                 return;
             };
             if conn.peer_closed {
@@ -416,14 +419,14 @@ impl Server {
             now,
             ..
         } = self;
-        let Some(conn) = conns.get_mut(id.slot).filter(|c| c.id == id) else {
+        let Some(conn) = conns.get_mut(id.index()).filter(|c| c.id == id) else {
             return Some(Flow::Stop);
         };
         let saved_parser = conn.parser.clone();
         let context = ParseContext {
             limits: &config.limits,
             user_id: &conn.user_id,
-            seed_phase: Connection::seed_phase(conn.link.as_ref(), conn.grace_until, *now),
+            seed_phase: Connection::seed_phase(conn.link.as_deref(), conn.grace_until, *now),
         };
         let parsed = match conn.parser.parse(conn.input.data(), &context) {
             Ok(parsed) => parsed,
@@ -453,12 +456,17 @@ impl Server {
                         return Some(Flow::Stop);
                     }
                 };
-                conn.user_id = user.as_str().as_bytes().to_vec();
+                conn.user_id = user.as_str().as_bytes().into();
                 conn.state = ConnState::Registered;
                 conn.input.consume(consumed);
-                let idle_deadline = *now + config.timeouts.idle;
                 relay.register(id, user, actions);
-                self.timers.arm(idle_deadline, TimerKey::Idle(id));
+                // The liveness deadline armed at accept checks idleness from
+                // then on; only an idle timeout shorter than the
+                // registration timeout needs an earlier check.
+                if config.timeouts.idle < config.timeouts.register {
+                    self.timers
+                        .arm(*now + config.timeouts.idle, TimerKey::Liveness(id));
+                }
             }
             Parsed::Frame {
                 frame: ClientFrame::Heartbeat,
@@ -507,7 +515,9 @@ impl Server {
             return None;
         }
         let target = self.conn(peer).filter(|p| !p.is_closing())?;
-        if target.framing() != Some(Framing::LengthPrefixed) || target.inbound.is_some_and(|owner| owner != id) {
+        if target.framing() != Some(Framing::LengthPrefixed)
+            || target.inbound.is_some_and(|owner| owner != id)
+        {
             return None;
         }
         if target.output.len() >= soft {
@@ -734,7 +744,7 @@ impl Server {
     /// take now. While another sender's cut-through frame is being written
     /// into `to`, whole frames are held until it completes.
     fn forward(&mut self, from: ConnId, to: ConnId, header: &[u8], offset: usize, len: usize) {
-        if from.slot == to.slot {
+        if from.index() == to.index() {
             let payload = self
                 .conn(from)
                 .and_then(|conn| conn.input.data().get(offset..offset + len))
@@ -743,7 +753,7 @@ impl Server {
             self.enqueue(to, from, &[header, &payload]);
             return;
         }
-        let Some((src, dst)) = self.conns.get2_mut(from.slot, to.slot) else {
+        let Some((src, dst)) = self.conns.get2_mut(from.index(), to.index()) else {
             return;
         };
         if src.id != from || dst.id != to {
@@ -892,12 +902,12 @@ impl Server {
 
     fn update_interest(&mut self, id: ConnId) {
         let registry = self.poll.registry();
-        let Some(conn) = self.conns.get_mut(id.slot).filter(|c| c.id == id) else {
+        let Some(conn) = self.conns.get_mut(id.index()).filter(|c| c.id == id) else {
             return;
         };
         let wanted = conn.wanted_interest();
         if wanted != conn.registered_interest {
-            match registry.reregister(&mut conn.socket, Token(id.slot), wanted) {
+            match registry.reregister(&mut conn.socket, Token(id.index()), wanted) {
                 Ok(()) => conn.registered_interest = wanted,
                 Err(error) => warn!("{id}: reregister failed: {error}"),
             }
@@ -942,7 +952,7 @@ impl Server {
                 peer_user,
             } => {
                 if let Some(conn) = self.conn_mut(conn) {
-                    conn.link = Some(MediaLink::new(peer, call_id, peer_user.as_str()));
+                    conn.link = Some(Box::new(MediaLink::new(peer, call_id, peer_user.as_str())));
                     conn.grace_until = None;
                 }
             }
@@ -964,16 +974,14 @@ impl Server {
     fn fire_timers(&mut self) {
         while let Some(key) = self.timers.pop_expired(self.now) {
             match key {
-                TimerKey::Register(id) => {
-                    if self
-                        .conn(id)
-                        .is_some_and(|c| c.state == ConnState::AwaitingRegistration)
-                    {
+                TimerKey::Liveness(id) => match self.conn(id).map(|c| c.state) {
+                    Some(ConnState::AwaitingRegistration) => {
                         let detail = "no registration within the registration timeout".to_owned();
                         self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
                     }
-                }
-                TimerKey::Idle(id) => self.check_idle(id),
+                    Some(ConnState::Registered) => self.check_idle(id),
+                    Some(ConnState::Closing { .. }) | None => {}
+                },
                 TimerKey::Linger(id) => {
                     if self.conn(id).is_some_and(Connection::is_closing) {
                         self.reap.push(id);
@@ -990,19 +998,16 @@ impl Server {
     }
 
     /// Drops stale deadlines once they clearly outnumber the live ones
-    /// (at most three per connection and one per ringing call).
+    /// (a liveness and a linger deadline per connection, one per call).
     fn compact_timers(&mut self) {
-        let live_bound = 3 * self.conns.len() + self.relay.live_calls() + 1024;
+        let live_bound = 2 * self.conns.len() + self.relay.live_calls() + 1024;
         if self.timers.len() <= 2 * live_bound {
             return;
         }
         let (conns, relay) = (&self.conns, &self.relay);
-        let alive = |id: &ConnId| conns.get(id.slot).is_some_and(|conn| conn.id == *id);
+        let alive = |id: &ConnId| conns.get(id.index()).is_some_and(|conn| conn.id == *id);
         self.timers.retain(|key| match key {
-            TimerKey::Register(id) => {
-                alive(id) && conns[id.slot].state == ConnState::AwaitingRegistration
-            }
-            TimerKey::Idle(id) | TimerKey::Linger(id) => alive(id),
+            TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
             TimerKey::AcceptRetry => true,
             TimerKey::Relay(timer) => relay.timer_is_live(timer),
         });
@@ -1019,7 +1024,7 @@ impl Server {
             let detail = format!("no input for {idle:?}");
             self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
         } else {
-            self.timers.arm(deadline, TimerKey::Idle(id));
+            self.timers.arm(deadline, TimerKey::Liveness(id));
         }
     }
 
@@ -1138,7 +1143,7 @@ impl Server {
             if self.conn(id).is_none() {
                 continue;
             }
-            let mut conn = self.conns.remove(id.slot);
+            let mut conn = self.conns.remove(id.index());
             if let Err(error) = self.poll.registry().deregister(&mut conn.socket) {
                 debug!("{id}: deregister: {error}");
             }
