@@ -28,6 +28,12 @@ pub const DEFAULT_RING_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MEDIA_GRACE: Duration = Duration::from_secs(1);
 /// Default time a closing connection gets to take its last bytes.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
+/// Default most connections that have not registered yet.
+pub const DEFAULT_MAX_UNREGISTERED: usize = 1_000;
+/// Default time a graceful shutdown waits for output to drain.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default interval of the stats log line.
+pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The timeouts the server enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +48,10 @@ pub struct Timeouts {
     pub media_grace: Duration,
     /// A closing connection gets this long to take its last bytes.
     pub linger: Duration,
+    /// A graceful shutdown waits at most this long for output to drain.
+    pub shutdown: Duration,
+    /// Interval of the stats log line (zero: off).
+    pub stats_interval: Duration,
 }
 
 impl Default for Timeouts {
@@ -52,6 +62,8 @@ impl Default for Timeouts {
             ring: DEFAULT_RING_TIMEOUT,
             media_grace: DEFAULT_MEDIA_GRACE,
             linger: DEFAULT_LINGER,
+            shutdown: DEFAULT_SHUTDOWN_TIMEOUT,
+            stats_interval: DEFAULT_STATS_INTERVAL,
         }
     }
 }
@@ -65,6 +77,12 @@ pub struct Config {
     pub limits: Limits,
     /// Most connections at once.
     pub max_connections: usize,
+    /// Most connections from one IP address (0: no limit).
+    pub max_per_ip: usize,
+    /// Most connections that have not registered yet.
+    pub max_unregistered: usize,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// Soft output limit per connection, in bytes.
     pub output_soft: usize,
     /// Hard output limit per connection, in bytes.
@@ -79,6 +97,9 @@ impl Default for Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8888)),
             limits: Limits::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_per_ip: 0,
+            max_unregistered: DEFAULT_MAX_UNREGISTERED,
+            metrics_listen: None,
             output_soft: DEFAULT_OUTPUT_SOFT,
             output_hard: DEFAULT_OUTPUT_HARD,
             timeouts: Timeouts::default(),
@@ -90,7 +111,7 @@ impl Default for Config {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run the relay.
-    Run(Config),
+    Run(Box<Config>),
     /// Print this help text and exit.
     Help(String),
     /// Print the version and exit.
@@ -163,6 +184,36 @@ fn options() -> Options {
         "max-connections",
         "most connections at once; more are accepted and closed at once (default 10000)",
         "N",
+    );
+    opts.optopt(
+        "",
+        "max-per-ip",
+        "most connections from one IP address; 0 = no limit (default 0)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "max-unregistered",
+        "most connections that have not registered yet, so silent sockets cannot crowd out users (default 1000)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "shutdown-timeout",
+        "on SIGINT/SIGTERM, time to end calls and flush output before exiting (default 5)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "metrics-listen",
+        "serve Prometheus metrics on http://ADDR/metrics (default off)",
+        "ADDR",
+    );
+    opts.optopt(
+        "",
+        "stats-interval",
+        "log a stats line every SECS seconds; 0 = off (default 60)",
+        "SECS",
     );
     opts.optopt(
         "",
@@ -251,6 +302,22 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
     read_secs(&matches, "ring-timeout", &mut timeouts.ring, false)?;
     read_secs(&matches, "media-grace", &mut timeouts.media_grace, true)?;
     read_secs(&matches, "linger-timeout", &mut timeouts.linger, true)?;
+    read_secs(&matches, "shutdown-timeout", &mut timeouts.shutdown, true)?;
+    read_secs(
+        &matches,
+        "stats-interval",
+        &mut timeouts.stats_interval,
+        true,
+    )?;
+    if let Some(listen) = matches.opt_str("metrics-listen") {
+        config.metrics_listen = Some(parse_addr(&listen)?);
+    }
+    if let Some(count) = matches.opt_str("max-per-ip") {
+        config.max_per_ip = parse_count_or_zero(&count, "max-per-ip")?;
+    }
+    if let Some(count) = matches.opt_str("max-unregistered") {
+        config.max_unregistered = parse_count(&count, "max-unregistered")?;
+    }
     if let Some(count) = matches.opt_str("max-connections") {
         config.max_connections = parse_count(&count, "max-connections")?;
     }
@@ -292,7 +359,7 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
             "--output-soft must not exceed --output-hard",
         ));
     }
-    Ok(Command::Run(config))
+    Ok(Command::Run(Box::new(config)))
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, ConfigError> {
@@ -314,6 +381,11 @@ fn parse_count(text: &str, name: &str) -> Result<usize, ConfigError> {
             "--{name}: {text:?} is not a positive whole number"
         ))),
     }
+}
+
+fn parse_count_or_zero(text: &str, name: &str) -> Result<usize, ConfigError> {
+    text.parse::<usize>()
+        .map_err(|_| ConfigError::new(format!("--{name}: {text:?} is not a whole number")))
 }
 
 fn read_secs(
@@ -375,7 +447,7 @@ mod tests {
         let Ok(Command::Run(config)) = parse(&[]) else {
             panic!("defaults parse");
         };
-        assert_eq!(config, Config::default());
+        assert_eq!(*config, Config::default());
         assert_eq!(config.listen.port(), 8888);
     }
 

@@ -4,14 +4,14 @@
 use std::process::ExitCode;
 
 use callrelay::config::{self, Command};
-use callrelay::server::Server;
+use callrelay::server::{Exit, Server};
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
     let program = args.next().unwrap_or_else(|| "callrelay".to_owned());
     let args: Vec<String> = args.collect();
     let config = match config::parse_args(&program, &args) {
-        Ok(Command::Run(config)) => config,
+        Ok(Command::Run(config)) => *config,
         Ok(Command::Help(text)) => {
             print!("{text}");
             return ExitCode::SUCCESS;
@@ -29,12 +29,24 @@ fn main() -> ExitCode {
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(error) => {
-            eprintln!("callrelay: cannot listen on {}: {error}", config.listen);
+            let metrics = config
+                .metrics_listen
+                .map(|addr| format!(" (or metrics on {addr})"))
+                .unwrap_or_default();
+            eprintln!(
+                "callrelay: cannot listen on {}{metrics}: {error}",
+                config.listen
+            );
             return ExitCode::from(2);
         }
     };
+    if let Err(error) = server.handle_signals() {
+        eprintln!("callrelay: cannot handle signals: {error}");
+        return ExitCode::from(2);
+    }
     match server.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Exit::Graceful) => ExitCode::SUCCESS,
+        Ok(Exit::Forced) => ExitCode::from(1),
         Err(error) => {
             eprintln!("callrelay: poll failed: {error}");
             ExitCode::from(1)

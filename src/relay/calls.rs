@@ -86,16 +86,19 @@ pub enum EndReason {
     RingTimeout,
     /// A party's connection closed (disconnect, replacement, timeout, error).
     PartyLeft,
+    /// The server shut down.
+    Shutdown,
 }
 
 impl EndReason {
     /// Every reason, for counters.
-    pub const ALL: [EndReason; 5] = [
+    pub const ALL: [EndReason; 6] = [
         EndReason::Hangup,
         EndReason::Rejected,
         EndReason::Cancelled,
         EndReason::RingTimeout,
         EndReason::PartyLeft,
+        EndReason::Shutdown,
     ];
 
     /// A short name for logs and metrics labels.
@@ -106,6 +109,7 @@ impl EndReason {
             EndReason::Cancelled => "cancelled",
             EndReason::RingTimeout => "ring_timeout",
             EndReason::PartyLeft => "party_left",
+            EndReason::Shutdown => "shutdown",
         }
     }
 }
@@ -140,6 +144,11 @@ impl Calls {
     /// True if `id` names a live call.
     pub fn contains(&self, id: &CallId) -> bool {
         self.by_id.contains_key(id)
+    }
+
+    /// The ids of the live calls.
+    pub fn ids(&self) -> impl Iterator<Item = &CallId> {
+        self.by_id.keys()
     }
 
     /// Live calls (ringing or active).

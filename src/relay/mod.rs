@@ -273,6 +273,18 @@ impl Relay {
         }
     }
 
+    /// Ends every call, telling both parties (graceful shutdown).
+    pub fn end_all(&mut self, out: &mut Vec<Action>) {
+        let ids: Vec<CallId> = self.calls.ids().cloned().collect();
+        for call_id in ids {
+            let Some(call) = self.calls.get(&call_id) else {
+                continue;
+            };
+            let both = [call.caller.conn, call.callee.conn];
+            self.end_call(&call_id, EndReason::Shutdown, &both, out);
+        }
+    }
+
     /// False once a timer can no longer do anything (its call was answered
     /// or ended), so the server may forget it.
     pub fn timer_is_live(&self, timer: &RelayTimer) -> bool {

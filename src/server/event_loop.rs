@@ -11,9 +11,10 @@
 //! service the connections with input; fire due timers; flush output that
 //! frames were appended to; reap closed connections.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -21,13 +22,17 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
 use super::buffer::BufferPool;
 use super::connection::{BodyTarget, ConnState, Connection, MediaLink, ReadOutcome};
+use super::metrics_http::{self, MetricsConn, Progress as HttpProgress, Request};
 use super::socket::{self, SocketResult};
 use super::timers::Timers;
 use crate::config::Config;
 use crate::ids::{ConnId, UserId};
-use crate::metrics::Counters;
+use crate::metrics::{self, Counters, Snapshot};
 use crate::protocol::frame::{ClientFrame, ServerFrame, encode_server};
 use crate::protocol::parser::{BodyKind, ParseContext, Parsed, ProtocolError};
 use crate::protocol::qdatastream::QString;
@@ -36,6 +41,16 @@ use crate::relay::{Action, FileRoute, Relay, RelayTimer};
 
 /// The listener's token; connection tokens are slab slots.
 const LISTENER: Token = Token(usize::MAX - 1);
+/// The metrics listener's token.
+const METRICS_LISTENER: Token = Token(usize::MAX - 2);
+/// The signal pipe's token.
+const SIGNALS: Token = Token(usize::MAX - 3);
+/// Metrics connections use tokens from here up (slot + base).
+const METRICS_BASE: usize = usize::MAX / 2;
+/// A metrics client must be done within this.
+const METRICS_DEADLINE: Duration = Duration::from_secs(10);
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Size of the read buffers lent to connections with input.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Free read buffers kept for reuse.
@@ -57,6 +72,12 @@ enum TimerKey {
     Linger(ConnId),
     /// Try accepting again after an accept error.
     AcceptRetry,
+    /// A metrics connection's deadline.
+    Metrics(usize),
+    /// Time for the stats log line.
+    Stats,
+    /// The graceful shutdown's deadline (wakes the loop).
+    ShutdownDeadline,
     /// The relay's own timer.
     Relay(RelayTimer),
 }
@@ -101,6 +122,49 @@ pub struct Server {
     scratch: Vec<u8>,
     counters: Counters,
     now: Instant,
+    metrics_listener: Option<TcpListener>,
+    metrics_conns: Slab<MetricsConn>,
+    signals: Option<Signals>,
+    lifecycle: Lifecycle,
+    per_ip: HashMap<IpAddr, u32>,
+    unregistered: usize,
+    /// A file descriptor kept in reserve: when accept fails for lack of
+    /// descriptors, it is released to accept and close one connection, so
+    /// the pending connection does not keep waking the loop.
+    reserve_fd: Option<File>,
+    refusals: Refusals,
+}
+
+/// Whether the server runs or is shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Accepting and relaying.
+    Running,
+    /// A signal arrived: no accepting, connections closing; exit when all
+    /// are gone or at `deadline`.
+    Draining {
+        /// When the loop exits regardless.
+        deadline: Instant,
+    },
+}
+
+/// How the run ended.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// A signal was handled: calls ended, output flushed (or the shutdown
+    /// timeout passed).
+    Graceful,
+    /// A second signal arrived during the graceful shutdown.
+    Forced,
+}
+
+/// Connections refused since the last log line about them.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    last_reason: &'static str,
+    last_log: Option<Instant>,
 }
 
 impl Server {
@@ -112,6 +176,22 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
         let max_input = config.limits.max_whole_frame().max(READ_BUFFER_SIZE);
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let mut metrics = TcpListener::bind(addr)?;
+                poll.registry()
+                    .register(&mut metrics, METRICS_LISTENER, Interest::READABLE)?;
+                Some(metrics)
+            }
+            None => None,
+        };
+        let mut timers = Timers::default();
+        if !config.timeouts.stats_interval.is_zero() {
+            timers.arm(
+                Instant::now() + config.timeouts.stats_interval,
+                TimerKey::Stats,
+            );
+        }
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -121,7 +201,7 @@ impl Server {
             config,
             conns: Slab::new(),
             next_generation: 0,
-            timers: Timers::default(),
+            timers,
             pool: BufferPool::new(READ_BUFFER_SIZE, POOL_KEEP),
             max_input,
             accepted: Vec::new(),
@@ -133,7 +213,33 @@ impl Server {
             scratch: Vec::new(),
             counters: Counters::default(),
             now: Instant::now(),
+            metrics_listener,
+            metrics_conns: Slab::new(),
+            signals: None,
+            lifecycle: Lifecycle::Running,
+            per_ip: HashMap::new(),
+            unregistered: 0,
+            reserve_fd: File::open("/dev/null").ok(),
+            refusals: Refusals::default(),
         })
+    }
+
+    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown,
+    /// a second ends the run at once. Call before [`Server::run`].
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// The address metrics are served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The address the listener is bound to (useful with port 0).
@@ -146,16 +252,22 @@ impl Server {
         &self.counters
     }
 
-    /// Runs the loop until polling itself fails.
-    pub fn run(&mut self) -> io::Result<()> {
+    /// Runs the loop until a signal ends it (see [`Server::handle_signals`])
+    /// or polling itself fails.
+    pub fn run(&mut self) -> io::Result<Exit> {
         info!("listening on {}", self.local_addr);
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
         loop {
-            self.turn()?;
+            if let Some(exit) = self.turn()? {
+                return Ok(exit);
+            }
         }
     }
 
-    /// One iteration of the loop.
-    pub fn turn(&mut self) -> io::Result<()> {
+    /// One iteration of the loop; `Some` when the run is over.
+    pub fn turn(&mut self) -> io::Result<Option<Exit>> {
         let timeout = if self.ready.is_empty() {
             self.timers.poll_timeout(Instant::now())
         } else {
@@ -170,10 +282,30 @@ impl Server {
         let mut accept = false;
         // Taken out for the batch so the handlers below may borrow `self`.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut signalled = false;
         for event in events.iter() {
-            if event.token() == LISTENER {
-                accept = true;
-                continue;
+            match event.token() {
+                LISTENER => {
+                    accept = true;
+                    continue;
+                }
+                METRICS_LISTENER => {
+                    self.accept_metrics();
+                    continue;
+                }
+                SIGNALS => {
+                    signalled = true;
+                    continue;
+                }
+                Token(token) if token >= METRICS_BASE => {
+                    self.metrics_event(
+                        token - METRICS_BASE,
+                        event.is_readable(),
+                        event.is_writable(),
+                    );
+                    continue;
+                }
+                Token(_) => {}
             }
             let slot = event.token().0;
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -192,7 +324,10 @@ impl Server {
             }
         }
         self.events = events;
-        if accept {
+        if signalled && let Some(exit) = self.on_signals() {
+            return Ok(Some(exit));
+        }
+        if accept && self.lifecycle == Lifecycle::Running {
             self.accept_all();
         }
         self.insert_accepted();
@@ -201,7 +336,13 @@ impl Server {
         self.compact_timers();
         self.flush_dirty();
         self.reap_closed();
-        Ok(())
+        Ok(match self.lifecycle {
+            Lifecycle::Draining { deadline } if self.conns.is_empty() || self.now >= deadline => {
+                info!("shutdown complete ({} connections left)", self.conns.len());
+                Some(Exit::Graceful)
+            }
+            _ => None,
+        })
     }
 
     /// Queues a connection for input handling (once).
@@ -238,19 +379,26 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((stream, addr)) => {
-                    if self.conns.len() + self.accepted.len() >= self.config.max_connections {
-                        self.counters.connections_refused += 1;
-                        debug!(
-                            "refused {addr}: connection limit {} reached",
-                            self.config.max_connections
-                        );
-                        drop(stream);
+                    if let Some(reason) = self.refusal(addr.ip()) {
+                        self.refuse(stream, addr, reason);
                         continue;
                     }
+                    *self.per_ip.entry(addr.ip()).or_insert(0) += 1;
+                    self.unregistered += 1;
                     self.accepted.push((stream, addr));
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) if is_out_of_fds(&error) && self.reserve_fd.take().is_some() => {
+                    // Out of descriptors: free the reserve, accept the pending
+                    // connection and close it at once, take the reserve back.
+                    // Without this the connection would stay pending and wake
+                    // the loop again and again.
+                    if let Ok((stream, addr)) = self.listener.accept() {
+                        self.refuse(stream, addr, "out of file descriptors");
+                    }
+                    self.reserve_fd = File::open("/dev/null").ok();
+                }
                 Err(error) => {
                     warn!("accept failed: {error}; retrying in {ACCEPT_RETRY:?}");
                     self.timers
@@ -258,6 +406,42 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// Why a new connection from `ip` must be refused, if it must.
+    fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+        let config = &self.config;
+        if self.conns.len() + self.accepted.len() >= config.max_connections {
+            Some("connection limit (--max-connections)")
+        } else if self.unregistered >= config.max_unregistered {
+            Some("unregistered connection limit (--max-unregistered)")
+        } else if config.max_per_ip > 0
+            && self.per_ip.get(&ip).copied().unwrap_or(0) as usize >= config.max_per_ip
+        {
+            Some("per-address limit (--max-per-ip)")
+        } else {
+            None
+        }
+    }
+
+    /// Closes a just-accepted connection; logs refusals at most once a second.
+    fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, reason: &'static str) {
+        drop(stream);
+        self.counters.connections_refused += 1;
+        let refusals = &mut self.refusals;
+        refusals.since_log += 1;
+        refusals.last_reason = reason;
+        if refusals
+            .last_log
+            .is_none_or(|at| self.now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            warn!(
+                "refused {} connection(s) in the last second, the latest from {addr}: {reason}",
+                refusals.since_log
+            );
+            refusals.since_log = 0;
+            refusals.last_log = Some(self.now);
         }
     }
 
@@ -458,6 +642,7 @@ impl Server {
                 };
                 conn.user_id = user.as_str().as_bytes().into();
                 conn.state = ConnState::Registered;
+                self.unregistered -= 1;
                 conn.input.consume(consumed);
                 relay.register(id, user, actions);
                 // The liveness deadline armed at accept checks idleness from
@@ -987,7 +1172,24 @@ impl Server {
                         self.reap.push(id);
                     }
                 }
-                TimerKey::AcceptRetry => self.accept_all(),
+                TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
+                TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
+                TimerKey::Metrics(key) => {
+                    if self
+                        .metrics_conns
+                        .get(key)
+                        .is_some_and(|c| c.deadline <= self.now)
+                    {
+                        self.drop_metrics_conn(key);
+                    }
+                }
+                TimerKey::Stats => {
+                    info!("{}", metrics::stats_line(&self.snapshot()));
+                    self.timers.arm(
+                        self.now + self.config.timeouts.stats_interval,
+                        TimerKey::Stats,
+                    );
+                }
                 TimerKey::Relay(timer) => {
                     self.relay.on_timer(&timer, self.now, &mut self.actions);
                 }
@@ -1008,7 +1210,8 @@ impl Server {
         let alive = |id: &ConnId| conns.get(id.index()).is_some_and(|conn| conn.id == *id);
         self.timers.retain(|key| match key {
             TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
-            TimerKey::AcceptRetry => true,
+            TimerKey::AcceptRetry | TimerKey::Stats | TimerKey::ShutdownDeadline => true,
+            TimerKey::Metrics(_) => true,
             TimerKey::Relay(timer) => relay.timer_is_live(timer),
         });
         debug!("timers compacted to {}", self.timers.len());
@@ -1025,6 +1228,159 @@ impl Server {
             self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
         } else {
             self.timers.arm(deadline, TimerKey::Liveness(id));
+        }
+    }
+
+    // ----- operations: signals, metrics ------------------------------------
+
+    /// Reads pending signals: the first starts a graceful shutdown, a
+    /// second one forces the exit.
+    fn on_signals(&mut self) -> Option<Exit> {
+        let count = self
+            .signals
+            .as_mut()
+            .map_or(0, |signals| signals.pending().count());
+        for _ in 0..count {
+            match self.lifecycle {
+                Lifecycle::Running => self.begin_shutdown(),
+                Lifecycle::Draining { .. } => {
+                    warn!("second signal: exiting at once");
+                    return Some(Exit::Forced);
+                }
+            }
+        }
+        None
+    }
+
+    /// Stops accepting, ends every call (CALL_END to both parties), and
+    /// closes every connection with ERROR `shutting_down` after its output.
+    fn begin_shutdown(&mut self) {
+        let deadline = self.now + self.config.timeouts.shutdown;
+        info!(
+            "signal received: shutting down ({} connections, {} calls; at most {:?})",
+            self.conns.len(),
+            self.relay.live_calls(),
+            self.config.timeouts.shutdown
+        );
+        self.lifecycle = Lifecycle::Draining { deadline };
+        if let Err(error) = self.poll.registry().deregister(&mut self.listener) {
+            debug!("deregister listener: {error}");
+        }
+        self.relay.end_all(&mut self.actions);
+        self.apply_actions();
+        let ids: Vec<ConnId> = self.conns.iter().map(|(_, conn)| conn.id).collect();
+        for id in ids {
+            let detail = "the server is shutting down".to_owned();
+            self.begin_close(id, CloseReason::Error(ErrorCode::ShuttingDown, detail));
+        }
+        self.timers.arm(deadline, TimerKey::ShutdownDeadline);
+    }
+
+    /// The counters and gauges, read now.
+    fn snapshot(&self) -> Snapshot<'_> {
+        let (calls_ringing, calls_active) = self.relay.call_counts();
+        let (mut paused, mut queued_bytes) = (0, 0);
+        for (_, conn) in &self.conns {
+            paused += usize::from(conn.paused_on.is_some());
+            queued_bytes += conn.output.len();
+        }
+        Snapshot {
+            counters: &self.counters,
+            relay: self.relay.stats(),
+            connections: self.conns.len(),
+            unregistered: self.unregistered,
+            registered: self.relay.online(),
+            calls_ringing,
+            calls_active,
+            paused,
+            queued_bytes,
+        }
+    }
+
+    fn accept_metrics(&mut self) {
+        loop {
+            let Some(listener) = self.metrics_listener.as_ref() else {
+                return;
+            };
+            let (mut stream, _) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    if error.kind() != io::ErrorKind::WouldBlock {
+                        warn!("metrics accept failed: {error}");
+                    }
+                    return;
+                }
+            };
+            let entry = self.metrics_conns.vacant_entry();
+            let key = entry.key();
+            let token = Token(METRICS_BASE + key);
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let deadline = self.now + METRICS_DEADLINE;
+            entry.insert(MetricsConn::new(stream, deadline));
+            self.timers.arm(deadline, TimerKey::Metrics(key));
+        }
+    }
+
+    fn metrics_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.metrics_conns.get_mut(key) else {
+            return;
+        };
+        let mut progress = if readable {
+            conn.on_readable()
+        } else {
+            HttpProgress::Wait
+        };
+        if writable && progress == HttpProgress::Wait {
+            progress = conn.on_writable();
+        }
+        if let HttpProgress::Answer(request) = progress {
+            let bytes = match request {
+                Request::Metrics => metrics_http::response(
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &metrics::render_prometheus(&self.snapshot()),
+                ),
+                Request::NotFound => {
+                    metrics_http::response("404 Not Found", "text/plain", "try /metrics\n")
+                }
+                Request::MethodNotAllowed => {
+                    metrics_http::response("405 Method Not Allowed", "text/plain", "GET only\n")
+                }
+                Request::Bad => {
+                    metrics_http::response("400 Bad Request", "text/plain", "bad request\n")
+                }
+            };
+            progress = match self.metrics_conns.get_mut(key) {
+                Some(conn) => conn.answer(bytes),
+                None => HttpProgress::Close,
+            };
+        }
+        if progress == HttpProgress::Close {
+            self.drop_metrics_conn(key);
+        }
+    }
+
+    fn drop_metrics_conn(&mut self, key: usize) {
+        if self.metrics_conns.contains(key) {
+            let mut conn = self.metrics_conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+        }
+    }
+
+    fn forget_address(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
         }
     }
 
@@ -1075,6 +1431,7 @@ impl Server {
             encode_server(&frame, framing, &mut bytes);
             conn.output.push(&[&bytes]);
         }
+        let was_unregistered = conn.state == ConnState::AwaitingRegistration;
         conn.state = ConnState::Closing { deadline };
         conn.link = None;
         let inbound = conn.inbound.take();
@@ -1085,6 +1442,9 @@ impl Server {
             _ => None,
         };
         conn.body_target = BodyTarget::Discard;
+        if was_unregistered {
+            self.unregistered -= 1;
+        }
         if let Some(sender) = inbound.and_then(|sender| self.conn_mut(sender)) {
             sender.body_target = BodyTarget::Discard;
         }
@@ -1147,6 +1507,7 @@ impl Server {
             if let Err(error) = self.poll.registry().deregister(&mut conn.socket) {
                 debug!("{id}: deregister: {error}");
             }
+            self.forget_address(conn.addr.ip());
             conn.input.release_if_empty(&mut self.pool);
             debug!("{id} reaped");
         }
@@ -1171,6 +1532,11 @@ enum DropWhy {
     NoCall,
     /// The peer's output is over its soft limit.
     Overflow,
+}
+
+fn is_out_of_fds(error: &io::Error) -> bool {
+    // EMFILE (process limit) or ENFILE (system limit).
+    matches!(error.raw_os_error(), Some(24) | Some(23))
 }
 
 fn user_id_error_text(error: crate::ids::UserIdError) -> &'static str {

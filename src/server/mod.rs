@@ -6,7 +6,8 @@
 pub mod buffer;
 pub mod connection;
 pub mod event_loop;
+pub mod metrics_http;
 pub mod socket;
 pub mod timers;
 
-pub use event_loop::Server;
+pub use event_loop::{Exit, Server};
