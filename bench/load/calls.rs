@@ -7,9 +7,11 @@
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-use callrelay::protocol::frame::{ClientMessage, DecodeError, ServerMessage, decode_server, encode_client};
-use callrelay::protocol::qdatastream::QString;
 use callrelay::protocol::Framing;
+use callrelay::protocol::frame::{
+    ClientMessage, DecodeError, ServerMessage, decode_server, encode_client,
+};
+use callrelay::protocol::qdatastream::QString;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -33,9 +35,17 @@ enum Step {
     /// REQUEST sent at `since`; waiting for the callee's CALL_REQUEST.
     Ringing { since: Instant },
     /// ACCEPT sent at `since`; waiting for both CALL_ACCEPTs.
-    Accepting { since: Instant, caller: bool, callee: bool },
+    Accepting {
+        since: Instant,
+        caller: bool,
+        callee: bool,
+    },
     /// END sent at `since`; waiting for both CALL_ENDs.
-    Ending { since: Instant, caller: bool, callee: bool },
+    Ending {
+        since: Instant,
+        caller: bool,
+        callee: bool,
+    },
 }
 
 struct Pair {
@@ -60,13 +70,18 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
         let callee = Session::register(common.addr, framing, &format!("{prefix}-{index}b"))?;
         pair_states.push(Pair {
             callee_user: callee.user.clone(),
-            step: Step::Ringing { since: Instant::now() },
+            step: Step::Ringing {
+                since: Instant::now(),
+            },
         });
         for session in [caller, callee] {
             session.stream.set_nonblocking(true)?;
             let mut stream = TcpStream::from_std(session.stream);
-            poll.registry()
-                .register(&mut stream, Token(sides.len()), Interest::READABLE | Interest::WRITABLE)?;
+            poll.registry().register(
+                &mut stream,
+                Token(sides.len()),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             sides.push(Side {
                 stream,
                 input: Vec::new(),
@@ -106,7 +121,10 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
             }
             progress.line(&format!("calls completed {completed} errors {errors}"));
         }
-        let timeout = progress.next(now).min(window_end).saturating_duration_since(now);
+        let timeout = progress
+            .next(now)
+            .min(window_end)
+            .saturating_duration_since(now);
         poll.poll(&mut events, Some(timeout))?;
         for event in events.iter() {
             let side = event.token().0;
@@ -119,13 +137,31 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
             while let Some(message) = next_message(&mut sides[side], framing, &mut errors) {
                 let pair = side / 2;
                 let in_window = Instant::now() >= window_start;
-                match on_message(&mut pair_states[pair], side % 2 == 0, &message, &mut histograms, in_window) {
+                match on_message(
+                    &mut pair_states[pair],
+                    side % 2 == 0,
+                    &message,
+                    &mut histograms,
+                    in_window,
+                ) {
                     Reaction::Nothing => {}
                     Reaction::Accept(call_id) => {
-                        send(&mut sides[pair * 2 + 1], framing, &ClientMessage::CallAccept { call_ref: QString::from_str(&call_id) });
+                        send(
+                            &mut sides[pair * 2 + 1],
+                            framing,
+                            &ClientMessage::CallAccept {
+                                call_ref: QString::from_str(&call_id),
+                            },
+                        );
                     }
                     Reaction::End => {
-                        send(&mut sides[pair * 2], framing, &ClientMessage::CallEnd { call_ref: QString::from_str("") });
+                        send(
+                            &mut sides[pair * 2],
+                            framing,
+                            &ClientMessage::CallEnd {
+                                call_ref: QString::from_str(""),
+                            },
+                        );
                     }
                     Reaction::Completed => {
                         if in_window {
@@ -169,7 +205,10 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
         stats
             .num("cpu_s", server.cpu_s)
             .num("peak_rss_kib", server.peak_rss_kib as f64)
-            .num("cpu_us_per_call", server.cpu_s * 1e6 / completed.max(1) as f64);
+            .num(
+                "cpu_us_per_call",
+                server.cpu_s * 1e6 / completed.max(1) as f64,
+            );
         json.obj("server", &stats);
         human.push_str(&format!(
             "\nserver: {:.2} CPU s, peak RSS {} KiB, {:.1} CPU us/call",
@@ -178,13 +217,23 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
             server.cpu_s * 1e6 / completed.max(1) as f64
         ));
     }
-    Ok(Outcome { json, human, ok: errors == 0 && completed > 0 })
+    Ok(Outcome {
+        json,
+        human,
+        ok: errors == 0 && completed > 0,
+    })
 }
 
 fn start_call(sides: &mut [Side], pairs: &mut [Pair], index: usize, framing: Framing) {
     let callee = QString::from_str(&pairs[index].callee_user);
-    pairs[index].step = Step::Ringing { since: Instant::now() };
-    send(&mut sides[index * 2], framing, &ClientMessage::CallRequest { callee, video: 0 });
+    pairs[index].step = Step::Ringing {
+        since: Instant::now(),
+    };
+    send(
+        &mut sides[index * 2],
+        framing,
+        &ClientMessage::CallRequest { callee, video: 0 },
+    );
 }
 
 enum Reaction {
@@ -195,7 +244,13 @@ enum Reaction {
     Unexpected,
 }
 
-fn on_message(pair: &mut Pair, from_caller: bool, message: &ServerMessage, histograms: &mut Histograms, record: bool) -> Reaction {
+fn on_message(
+    pair: &mut Pair,
+    from_caller: bool,
+    message: &ServerMessage,
+    histograms: &mut Histograms,
+    record: bool,
+) -> Reaction {
     let now = Instant::now();
     let nanos = |since: Instant| (now - since).as_nanos().max(1) as u64;
     match (&mut pair.step, message, from_caller) {
@@ -204,22 +259,54 @@ fn on_message(pair: &mut Pair, from_caller: bool, message: &ServerMessage, histo
                 let _ = histograms.ring.record(nanos(*since));
             }
             let call_id = call_id.clone();
-            pair.step = Step::Accepting { since: now, caller: false, callee: false };
+            pair.step = Step::Accepting {
+                since: now,
+                caller: false,
+                callee: false,
+            };
             Reaction::Accept(call_id)
         }
-        (Step::Accepting { since, caller, callee }, ServerMessage::CallAccept { .. }, from_caller) => {
-            if from_caller { *caller = true } else { *callee = true }
+        (
+            Step::Accepting {
+                since,
+                caller,
+                callee,
+            },
+            ServerMessage::CallAccept { .. },
+            from_caller,
+        ) => {
+            if from_caller {
+                *caller = true
+            } else {
+                *callee = true
+            }
             if *caller && *callee {
                 if record {
                     let _ = histograms.accept.record(nanos(*since));
                 }
-                pair.step = Step::Ending { since: now, caller: false, callee: false };
+                pair.step = Step::Ending {
+                    since: now,
+                    caller: false,
+                    callee: false,
+                };
                 return Reaction::End;
             }
             Reaction::Nothing
         }
-        (Step::Ending { since, caller, callee }, ServerMessage::CallEnd { .. }, from_caller) => {
-            if from_caller { *caller = true } else { *callee = true }
+        (
+            Step::Ending {
+                since,
+                caller,
+                callee,
+            },
+            ServerMessage::CallEnd { .. },
+            from_caller,
+        ) => {
+            if from_caller {
+                *caller = true
+            } else {
+                *callee = true
+            }
             if *caller && *callee {
                 if record {
                     let _ = histograms.end.record(nanos(*since));

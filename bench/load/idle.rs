@@ -11,7 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use callrelay::protocol::Framing;
-use callrelay::protocol::frame::{ClientMessage, DecodeError, ServerMessage, decode_server, encode_client};
+use callrelay::protocol::frame::{
+    ClientMessage, DecodeError, ServerMessage, decode_server, encode_client,
+};
 use callrelay::protocol::qdatastream::QString;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -80,12 +82,24 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
             let index = conns.len();
             match open(common.addr, index, options.sources) {
                 Ok(mut stream) => {
-                    poll.registry()
-                        .register(&mut stream, Token(index), Interest::READABLE | Interest::WRITABLE)?;
+                    poll.registry().register(
+                        &mut stream,
+                        Token(index),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
                     let user = format!("{prefix}-{index}");
                     let mut output = Vec::new();
-                    encode_client(&ClientMessage::Register { kind: 7, user: user.clone() }, options.framing, &mut output);
-                    let spread = options.heartbeat.mul_f64(index as f64 / options.connections.max(1) as f64);
+                    encode_client(
+                        &ClientMessage::Register {
+                            kind: 7,
+                            user: user.clone(),
+                        },
+                        options.framing,
+                        &mut output,
+                    );
+                    let spread = options
+                        .heartbeat
+                        .mul_f64(index as f64 / options.connections.max(1) as f64);
                     conns.push(Conn {
                         stream,
                         user,
@@ -124,7 +138,10 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
             service(conn, &mut buffer, options.framing);
         }
     }
-    let established = conns.iter().filter(|c| c.state == State::Registered).count();
+    let established = conns
+        .iter()
+        .filter(|c| c.state == State::Registered)
+        .count();
     let mut window = common.server_pid.and_then(Window::start);
     let hold_end = Instant::now() + common.duration;
     // Hold: heartbeats at the interval, nothing else.
@@ -137,15 +154,34 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
             if let Some(window) = window.as_mut() {
                 window.tick();
             }
-            let alive = conns.iter().filter(|c| c.state == State::Registered).count();
+            let alive = conns
+                .iter()
+                .filter(|c| c.state == State::Registered)
+                .count();
             progress.line(&format!("holding {alive} of {established}"));
         }
-        for conn in conns.iter_mut().filter(|c| c.state == State::Registered && c.next_heartbeat <= now) {
-            encode_client(&ClientMessage::Heartbeat { suffix: None }, options.framing, &mut conn.output);
+        for conn in conns
+            .iter_mut()
+            .filter(|c| c.state == State::Registered && c.next_heartbeat <= now)
+        {
+            encode_client(
+                &ClientMessage::Heartbeat { suffix: None },
+                options.framing,
+                &mut conn.output,
+            );
             conn.next_heartbeat = now + options.heartbeat;
             service(conn, &mut buffer, options.framing);
         }
-        poll.poll(&mut events, Some(progress.next(now).min(hold_end).saturating_duration_since(now).min(Duration::from_millis(200))))?;
+        poll.poll(
+            &mut events,
+            Some(
+                progress
+                    .next(now)
+                    .min(hold_end)
+                    .saturating_duration_since(now)
+                    .min(Duration::from_millis(200)),
+            ),
+        )?;
         for event in events.iter() {
             service(&mut conns[event.token().0], &mut buffer, options.framing);
         }
@@ -159,7 +195,10 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
         let me = QString::from_str(&conn.user);
         let message = match options.framing {
             Framing::LengthPrefixed => ClientMessage::Heartbeat { suffix: None },
-            Framing::Seed => ClientMessage::Text { to: me, text: QString::from_str("still here") },
+            Framing::Seed => ClientMessage::Text {
+                to: me,
+                text: QString::from_str("still here"),
+            },
         };
         encode_client(&message, options.framing, &mut conn.output);
         conn.state = State::Verifying;
@@ -183,7 +222,10 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
         .num("heartbeat_s", options.heartbeat.as_secs_f64())
         .num("sources", f64::from(options.sources))
         .num("errors", (established - held) as f64)
-        .num("open_files_limit", limit.map_or(f64::NAN, |(soft, _)| soft as f64));
+        .num(
+            "open_files_limit",
+            limit.map_or(f64::NAN, |(soft, _)| soft as f64),
+        );
     if let Some(reason) = &fd_limit_hit {
         json.str("limit_hit", reason);
     }
@@ -199,7 +241,8 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
         human.push_str(&format!("\n{reason}"));
     }
     if let (Some(window), Some(baseline)) = (window, baseline) {
-        let per_connection = (window.rss_end_kib.saturating_sub(baseline.rss_kib)) as f64 * 1024.0 / held.max(1) as f64;
+        let per_connection = (window.rss_end_kib.saturating_sub(baseline.rss_kib)) as f64 * 1024.0
+            / held.max(1) as f64;
         let mut stats = Json::default();
         stats
             .num("rss_before_kib", baseline.rss_kib as f64)
@@ -224,11 +267,13 @@ fn open(addr: SocketAddr, index: usize, sources: u8) -> io::Result<TcpStream> {
     socket.set_tcp_nodelay(true)?;
     if addr.ip().is_loopback() && sources > 1 {
         let host = 1 + (index % usize::from(sources)) as u8;
-        socket.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), 0)).into())?;
+        socket
+            .bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), 0)).into())?;
     }
     match socket.connect(&addr.into()) {
         Ok(()) => {}
-        Err(error) if error.raw_os_error() == Some(115) || error.kind() == io::ErrorKind::WouldBlock => {}
+        Err(error)
+            if error.raw_os_error() == Some(115) || error.kind() == io::ErrorKind::WouldBlock => {}
         Err(error) => return Err(error),
     }
     Ok(TcpStream::from_std(socket.into()))
@@ -264,7 +309,9 @@ fn service(conn: &mut Conn, buffer: &mut [u8], framing: Framing) {
             Ok((message, used)) => {
                 conn.input.drain(..used);
                 match (conn.state, message) {
-                    (State::Verifying, ServerMessage::Heartbeat | ServerMessage::Text { .. }) => conn.state = State::Verified,
+                    (State::Verifying, ServerMessage::Heartbeat | ServerMessage::Text { .. }) => {
+                        conn.state = State::Verified
+                    }
                     (_, ServerMessage::Heartbeat) => {}
                     _ => return fail(conn),
                 }

@@ -86,7 +86,11 @@ impl Progress {
     /// Prints a progress line.
     fn line(&self, text: &str) {
         if !self.quiet {
-            eprintln!("[{} {:>3.0}s] {text}", self.mode, self.started.elapsed().as_secs_f64());
+            eprintln!(
+                "[{} {:>3.0}s] {text}",
+                self.mode,
+                self.started.elapsed().as_secs_f64()
+            );
         }
     }
 }
@@ -124,23 +128,98 @@ Exit status: 0 = run without errors, 1 = the run saw errors, 2 = bad use.";
 
 fn options() -> Options {
     let mut opts = Options::new();
-    opts.optopt("a", "addr", "relay (or pipe) address (default 127.0.0.1:8888)", "ADDR");
+    opts.optopt(
+        "a",
+        "addr",
+        "relay (or pipe) address (default 127.0.0.1:8888)",
+        "ADDR",
+    );
     opts.optopt("d", "duration", "measured seconds (default 5)", "SECS");
-    opts.optopt("w", "warmup", "seconds before measuring starts (default 1)", "SECS");
-    opts.optopt("", "drain", "seconds to wait after the window for frames in flight (default 2)", "SECS");
-    opts.optopt("p", "pairs", "media/calls: caller-callee pairs (default 1 for media, 10 for calls)", "N");
-    opts.optopt("c", "connections", "idle: connections to hold (default 1000)", "K");
-    opts.optopt("s", "size", "media/sink: payload bytes per frame, at least 29 (default 1024)", "BYTES");
-    opts.optopt("r", "rate", "media: frames per second per stream; 0 = flat out (default 0)", "FPS");
+    opts.optopt(
+        "w",
+        "warmup",
+        "seconds before measuring starts (default 1)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "drain",
+        "seconds to wait after the window for frames in flight (default 2)",
+        "SECS",
+    );
+    opts.optopt(
+        "p",
+        "pairs",
+        "media/calls: caller-callee pairs (default 1 for media, 10 for calls)",
+        "N",
+    );
+    opts.optopt(
+        "c",
+        "connections",
+        "idle: connections to hold (default 1000)",
+        "K",
+    );
+    opts.optopt(
+        "s",
+        "size",
+        "media/sink: payload bytes per frame, at least 29 (default 1024)",
+        "BYTES",
+    );
+    opts.optopt(
+        "r",
+        "rate",
+        "media: frames per second per stream; 0 = flat out (default 0)",
+        "FPS",
+    );
     opts.optflag("b", "both", "media: stream in both directions of each pair");
-    opts.optopt("", "window", "media flat out: most payload bytes in flight per stream (default 262144)", "BYTES");
-    opts.optopt("f", "framing", "seed or framed (default framed; idle: seed)", "FRAMING");
-    opts.optopt("t", "target", "media: relay, direct or pipe (default relay)", "TARGET");
-    opts.optopt("", "sink", "media --target pipe: address this tool listens on for the pipe's connections", "ADDR");
-    opts.optopt("l", "listen", "sink: address to listen on (default 127.0.0.1:9999)", "ADDR");
-    opts.optopt("", "heartbeat", "idle: heartbeat interval in seconds (default 30)", "SECS");
-    opts.optopt("", "sources", "idle: loopback source addresses 127.0.0.1.. to spread over (default 4)", "N");
-    opts.optopt("", "server-pid", "measure this process's CPU and memory over the window", "PID");
+    opts.optopt(
+        "",
+        "window",
+        "media flat out: most payload bytes in flight per stream (default 262144)",
+        "BYTES",
+    );
+    opts.optopt(
+        "f",
+        "framing",
+        "seed or framed (default framed; idle: seed)",
+        "FRAMING",
+    );
+    opts.optopt(
+        "t",
+        "target",
+        "media: relay, direct or pipe (default relay)",
+        "TARGET",
+    );
+    opts.optopt(
+        "",
+        "sink",
+        "media --target pipe: address this tool listens on for the pipe's connections",
+        "ADDR",
+    );
+    opts.optopt(
+        "l",
+        "listen",
+        "sink: address to listen on (default 127.0.0.1:9999)",
+        "ADDR",
+    );
+    opts.optopt(
+        "",
+        "heartbeat",
+        "idle: heartbeat interval in seconds (default 30)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "sources",
+        "idle: loopback source addresses 127.0.0.1.. to spread over (default 4)",
+        "N",
+    );
+    opts.optopt(
+        "",
+        "server-pid",
+        "measure this process's CPU and memory over the window",
+        "PID",
+    );
     opts.optflag("q", "quiet", "no progress lines on stderr");
     opts.optflag("j", "json", "print the result as one JSON object on stdout");
     opts.optflag("h", "help", "print this help and exit");
@@ -168,11 +247,19 @@ fn parse_secs(matches: &Matches, name: &str, default: f64) -> Result<Duration, U
     };
     match text.parse::<f64>() {
         Ok(secs) if (0.0..=86_400.0).contains(&secs) => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(UsageError(format!("--{name}: {text:?} is not a number of seconds (0 to 86400)"))),
+        _ => Err(UsageError(format!(
+            "--{name}: {text:?} is not a number of seconds (0 to 86400)"
+        ))),
     }
 }
 
-fn parse_number<T: std::str::FromStr + PartialOrd>(matches: &Matches, name: &str, default: T, min: T, max: T) -> Result<T, UsageError> {
+fn parse_number<T: std::str::FromStr + PartialOrd>(
+    matches: &Matches,
+    name: &str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, UsageError> {
     let Some(text) = matches.opt_str(name) else {
         return Ok(default);
     };
@@ -186,7 +273,11 @@ fn parse_addr(text: &str, name: &str) -> Result<SocketAddr, UsageError> {
     text.to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| UsageError(format!("--{name}: {text:?} is not an address like 127.0.0.1:8888")))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--{name}: {text:?} is not an address like 127.0.0.1:8888"
+            ))
+        })
 }
 
 fn parse_framing(matches: &Matches, default: Framing) -> Result<Framing, UsageError> {
@@ -194,33 +285,47 @@ fn parse_framing(matches: &Matches, default: Framing) -> Result<Framing, UsageEr
         None => Ok(default),
         Some("seed") => Ok(Framing::Seed),
         Some("framed") => Ok(Framing::LengthPrefixed),
-        Some(other) => Err(UsageError(format!("--framing: {other:?} is not seed or framed"))),
+        Some(other) => Err(UsageError(format!(
+            "--framing: {other:?} is not seed or framed"
+        ))),
     }
 }
 
 fn run(args: &[String]) -> Result<Outcome, UsageError> {
-    let matches = options().parse(args).map_err(|error| UsageError(error.to_string()))?;
+    let matches = options()
+        .parse(args)
+        .map_err(|error| UsageError(error.to_string()))?;
     let Some(mode) = matches.free.first().cloned() else {
-        return Err(UsageError("no mode given: media, calls, idle or sink".to_owned()));
+        return Err(UsageError(
+            "no mode given: media, calls, idle or sink".to_owned(),
+        ));
     };
     if let Some(extra) = matches.free.get(1) {
         return Err(UsageError(format!("unexpected argument {extra:?}")));
     }
-    let common = Common {
-        addr: parse_addr(&matches.opt_str("addr").unwrap_or_else(|| "127.0.0.1:8888".to_owned()), "addr")?,
-        duration: parse_secs(&matches, "duration", 5.0)?,
-        warmup: parse_secs(&matches, "warmup", 1.0)?,
-        drain: parse_secs(&matches, "drain", 2.0)?,
-        quiet: matches.opt_present("quiet"),
-        server_pid: match matches.opt_str("server-pid") {
-            None => None,
-            Some(text) => Some(text.parse().map_err(|_| UsageError(format!("--server-pid: {text:?} is not a process id")))?),
-        },
-    };
-    if let Some(pid) = common.server_pid {
-        if proc_stats::sample(pid).is_none() {
-            return Err(UsageError(format!("--server-pid: cannot read /proc/{pid}")));
-        }
+    let common =
+        Common {
+            addr: parse_addr(
+                &matches
+                    .opt_str("addr")
+                    .unwrap_or_else(|| "127.0.0.1:8888".to_owned()),
+                "addr",
+            )?,
+            duration: parse_secs(&matches, "duration", 5.0)?,
+            warmup: parse_secs(&matches, "warmup", 1.0)?,
+            drain: parse_secs(&matches, "drain", 2.0)?,
+            quiet: matches.opt_present("quiet"),
+            server_pid: match matches.opt_str("server-pid") {
+                None => None,
+                Some(text) => Some(text.parse().map_err(|_| {
+                    UsageError(format!("--server-pid: {text:?} is not a process id"))
+                })?),
+            },
+        };
+    if let Some(pid) = common.server_pid
+        && proc_stats::sample(pid).is_none()
+    {
+        return Err(UsageError(format!("--server-pid: cannot read /proc/{pid}")));
     }
     let failed = |error: std::io::Error| UsageError::Failed(format!("{mode} failed: {error}"));
     let outcome = match mode.as_str() {
@@ -229,23 +334,41 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
                 None | Some("relay") => media::Target::Relay,
                 Some("direct") => media::Target::Direct,
                 Some("pipe") => media::Target::Pipe,
-                Some(other) => return Err(UsageError(format!("--target: {other:?} is not relay, direct or pipe"))),
+                Some(other) => {
+                    return Err(UsageError(format!(
+                        "--target: {other:?} is not relay, direct or pipe"
+                    )));
+                }
             };
             let options = media::MediaOptions {
                 pairs: parse_number(&matches, "pairs", 1usize, 1, 9_000)?,
-                size: parse_number(&matches, "size", 1024usize, payload::HEADER_LEN, 4 * 1024 * 1024)?,
+                size: parse_number(
+                    &matches,
+                    "size",
+                    1024usize,
+                    payload::HEADER_LEN,
+                    4 * 1024 * 1024,
+                )?,
                 rate: parse_number(&matches, "rate", 0.0f64, 0.0, 1_000_000.0)?,
                 both: matches.opt_present("both"),
                 framing: parse_framing(&matches, Framing::LengthPrefixed)?,
                 target,
-                sink: matches.opt_str("sink").map(|text| parse_addr(&text, "sink")).transpose()?,
+                sink: matches
+                    .opt_str("sink")
+                    .map(|text| parse_addr(&text, "sink"))
+                    .transpose()?,
                 window: parse_number(&matches, "window", 256 * 1024usize, 1, 1 << 30)?,
             };
             media::run(&common, &options).map_err(failed)?
         }
         "calls" => {
             let pairs = parse_number(&matches, "pairs", 10usize, 1, 9_000)?;
-            calls::run(&common, pairs, parse_framing(&matches, Framing::LengthPrefixed)?).map_err(failed)?
+            calls::run(
+                &common,
+                pairs,
+                parse_framing(&matches, Framing::LengthPrefixed)?,
+            )
+            .map_err(failed)?
         }
         "idle" => {
             let options = idle::IdleOptions {
@@ -257,11 +380,32 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
             idle::run(&common, &options).map_err(failed)?
         }
         "sink" => {
-            let listen = parse_addr(&matches.opt_str("listen").unwrap_or_else(|| "127.0.0.1:9999".to_owned()), "listen")?;
-            let size = parse_number(&matches, "size", 1024usize, payload::HEADER_LEN, 4 * 1024 * 1024)?;
-            sink::run(&common, listen, parse_framing(&matches, Framing::LengthPrefixed)?, size).map_err(failed)?
+            let listen = parse_addr(
+                &matches
+                    .opt_str("listen")
+                    .unwrap_or_else(|| "127.0.0.1:9999".to_owned()),
+                "listen",
+            )?;
+            let size = parse_number(
+                &matches,
+                "size",
+                1024usize,
+                payload::HEADER_LEN,
+                4 * 1024 * 1024,
+            )?;
+            sink::run(
+                &common,
+                listen,
+                parse_framing(&matches, Framing::LengthPrefixed)?,
+                size,
+            )
+            .map_err(failed)?
         }
-        other => return Err(UsageError(format!("unknown mode {other:?}: media, calls, idle or sink"))),
+        other => {
+            return Err(UsageError(format!(
+                "unknown mode {other:?}: media, calls, idle or sink"
+            )));
+        }
     };
     Ok(outcome)
 }
@@ -280,7 +424,11 @@ fn main() -> ExitCode {
             } else {
                 println!("{}", outcome.human);
             }
-            if outcome.ok { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if outcome.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(UsageError::Usage(message)) => {
             eprintln!("callrelay-load: {message} (see --help)");

@@ -7,8 +7,8 @@
 //! duration) are counted: sent, delivered (after a drain period), lost,
 //! out of order, and their one-way latency.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -125,9 +125,16 @@ impl StampWindow {
     }
 }
 
-fn pair_sessions(common: &Common, options: &MediaOptions, prefix: &str, index: usize) -> io::Result<(TcpStreamPair, Vec<u8>, Vec<u8>)> {
-    let mut caller = Session::register(common.addr, options.framing, &format!("{prefix}-{index}a"))?;
-    let mut callee = Session::register(common.addr, options.framing, &format!("{prefix}-{index}b"))?;
+fn pair_sessions(
+    common: &Common,
+    options: &MediaOptions,
+    prefix: &str,
+    index: usize,
+) -> io::Result<(TcpStreamPair, Vec<u8>, Vec<u8>)> {
+    let mut caller =
+        Session::register(common.addr, options.framing, &format!("{prefix}-{index}a"))?;
+    let mut callee =
+        Session::register(common.addr, options.framing, &format!("{prefix}-{index}b"))?;
     session::accepted_call(&mut caller, &mut callee)?;
     let (left_a, left_b) = (caller.take_input(), callee.take_input());
     Ok(((caller.stream, callee.stream), left_a, left_b))
@@ -144,7 +151,9 @@ fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpS
             for index in 0..options.pairs {
                 let (pair, left_a, left_b) = pair_sessions(common, options, &prefix, index)?;
                 if !left_a.is_empty() || !left_b.is_empty() {
-                    return Err(io::Error::other("unexpected bytes after the call was accepted"));
+                    return Err(io::Error::other(
+                        "unexpected bytes after the call was accepted",
+                    ));
                 }
                 pairs.push(pair);
             }
@@ -152,9 +161,9 @@ fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpS
         Target::Direct | Target::Pipe => {
             let listen = match options.target {
                 Target::Direct => SocketAddr::from(([127, 0, 0, 1], 0)),
-                _ => options
-                    .sink
-                    .ok_or_else(|| io::Error::other("--target pipe needs --sink ADDR (where the pipe forwards)"))?,
+                _ => options.sink.ok_or_else(|| {
+                    io::Error::other("--target pipe needs --sink ADDR (where the pipe forwards)")
+                })?,
             };
             let listener = TcpListener::bind(listen)?;
             let connect_to = match options.target {
@@ -171,7 +180,11 @@ fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpS
     Ok(pairs)
 }
 
-fn into_endpoint(stream: std::net::TcpStream, sender: Option<Sender>, receiver: Option<Receiver>) -> io::Result<Endpoint> {
+fn into_endpoint(
+    stream: std::net::TcpStream,
+    sender: Option<Sender>,
+    receiver: Option<Receiver>,
+) -> io::Result<Endpoint> {
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
     Ok(Endpoint {
@@ -205,7 +218,10 @@ fn new_receiver(options: &MediaOptions, from: u32) -> Receiver {
 /// Runs `media`; returns the JSON result.
 pub fn run(common: &Common, options: &MediaOptions) -> io::Result<Outcome> {
     if options.size < payload::HEADER_LEN {
-        return Err(io::Error::other(format!("--size must be at least {} bytes", payload::HEADER_LEN)));
+        return Err(io::Error::other(format!(
+            "--size must be at least {} bytes",
+            payload::HEADER_LEN
+        )));
     }
     let pairs = connect_pairs(common, options)?;
     let mut endpoints = Vec::with_capacity(pairs.len() * 2);
@@ -214,12 +230,19 @@ pub fn run(common: &Common, options: &MediaOptions) -> io::Result<Outcome> {
         let b_sends = options.both.then(|| new_sender(b_id));
         let a_receives = options.both.then(|| new_receiver(options, b_id));
         endpoints.push(into_endpoint(a, Some(new_sender(a_id)), a_receives)?);
-        endpoints.push(into_endpoint(b, b_sends, Some(new_receiver(options, a_id)))?);
+        endpoints.push(into_endpoint(
+            b,
+            b_sends,
+            Some(new_receiver(options, a_id)),
+        )?);
     }
     let poll = Poll::new()?;
     for (index, endpoint) in endpoints.iter_mut().enumerate() {
-        poll.registry()
-            .register(&mut endpoint.stream, Token(index), Interest::READABLE | Interest::WRITABLE)?;
+        poll.registry().register(
+            &mut endpoint.stream,
+            Token(index),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
     }
     Run::new(common, options, endpoints, poll).execute()
 }
@@ -238,7 +261,12 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(common: &'a Common, options: &'a MediaOptions, endpoints: Vec<Endpoint>, poll: Poll) -> Run<'a> {
+    fn new(
+        common: &'a Common,
+        options: &'a MediaOptions,
+        endpoints: Vec<Endpoint>,
+        poll: Poll,
+    ) -> Run<'a> {
         let interval = (options.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / options.rate));
         Run {
             common,
@@ -253,7 +281,10 @@ impl<'a> Run<'a> {
                 errors: 0,
                 latency: report::latency_histogram(),
             },
-            window: StampWindow { start: u64::MAX, end: None },
+            window: StampWindow {
+                start: u64::MAX,
+                end: None,
+            },
             sending: true,
             due: BinaryHeap::new(),
             interval,
@@ -268,11 +299,14 @@ impl<'a> Run<'a> {
         let drain_end = window_end + self.common.drain;
         self.window.start = payload::now_stamp() + self.common.warmup.as_nanos() as u64;
         if let Some(interval) = self.interval {
-            let senders: Vec<usize> = (0..self.endpoints.len()).filter(|i| self.endpoints[*i].sender.is_some()).collect();
+            let senders: Vec<usize> = (0..self.endpoints.len())
+                .filter(|i| self.endpoints[*i].sender.is_some())
+                .collect();
             let count = senders.len().max(1) as u32;
             for (order, index) in senders.into_iter().enumerate() {
                 // Spread the streams over one interval so frames do not all go out at once.
-                self.due.push(Reverse((started + interval * order as u32 / count, index)));
+                self.due
+                    .push(Reverse((started + interval * order as u32 / count, index)));
             }
         }
         let mut server: Option<Window> = None;
@@ -306,17 +340,23 @@ impl<'a> Run<'a> {
                     self.tally.errors
                 ));
             }
-            let mut timeout = progress.next(now).min(if self.sending { window_end } else { drain_end });
+            let mut timeout =
+                progress
+                    .next(now)
+                    .min(if self.sending { window_end } else { drain_end });
             if !reread.is_empty() {
                 timeout = now;
             }
             if let Some(Reverse((at, _))) = self.due.peek().filter(|_| self.sending) {
                 timeout = timeout.min(*at);
             }
-            self.poll.poll(&mut events, Some(timeout.saturating_duration_since(now)))?;
+            self.poll
+                .poll(&mut events, Some(timeout.saturating_duration_since(now)))?;
             for event in events.iter() {
                 let index = event.token().0;
-                if (event.is_readable() || event.is_read_closed() || event.is_error()) && self.read(index) {
+                if (event.is_readable() || event.is_read_closed() || event.is_error())
+                    && self.read(index)
+                {
                     reread.push(index);
                 }
                 if event.is_writable() {
@@ -337,12 +377,19 @@ impl<'a> Run<'a> {
     }
 
     fn sent_total(&self) -> u64 {
-        self.endpoints.iter().filter_map(|e| e.sender.as_ref()).map(|s| s.sent_in_window).sum()
+        self.endpoints
+            .iter()
+            .filter_map(|e| e.sender.as_ref())
+            .map(|s| s.sent_in_window)
+            .sum()
     }
 
     fn all_delivered(&self) -> bool {
         self.tally.delivered + self.tally.lost_gaps >= self.sent_total()
-            && self.endpoints.iter().all(|e| e.sender.as_ref().is_none_or(|s| s.written == s.out.len()))
+            && self
+                .endpoints
+                .iter()
+                .all(|e| e.sender.as_ref().is_none_or(|s| s.written == s.out.len()))
     }
 
     /// Appends one frame to a sender's output.
@@ -351,7 +398,14 @@ impl<'a> Run<'a> {
         let Some(sender) = self.endpoints[index].sender.as_mut() else {
             return;
         };
-        payload::put_media_frame(&mut sender.out, framing, size, sender.stream_id, sender.next_sequence, stamp);
+        payload::put_media_frame(
+            &mut sender.out,
+            framing,
+            size,
+            sender.stream_id,
+            sender.next_sequence,
+            stamp,
+        );
         sender.next_sequence += 1;
         if window.contains(stamp) {
             sender.sent_in_window += 1;
@@ -417,7 +471,11 @@ impl<'a> Run<'a> {
             return 0;
         };
         // Stream ids are endpoint indexes; a pair's endpoints are 2i and 2i+1.
-        let received = self.endpoints.get(index ^ 1).and_then(|e| e.receiver.as_ref()).map_or(0, |r| r.received);
+        let received = self
+            .endpoints
+            .get(index ^ 1)
+            .and_then(|e| e.receiver.as_ref())
+            .map_or(0, |r| r.received);
         let in_flight = sender.next_sequence.saturating_sub(received) * size;
         let room = (self.options.window as u64).saturating_sub(in_flight) / size;
         batch.min(room)
@@ -520,7 +578,9 @@ impl<'a> Run<'a> {
                 if window.contains(frame.stamp) {
                     tally.delivered += 1;
                     tally.delivered_bytes += size;
-                    let _ = tally.latency.record(payload::elapsed_nanos(frame.stamp, arrival).max(1));
+                    let _ = tally
+                        .latency
+                        .record(payload::elapsed_nanos(frame.stamp, arrival).max(1));
                 }
             });
             if fed.is_err() {
@@ -538,7 +598,12 @@ impl<'a> Run<'a> {
 
     fn result(self, seconds: f64, server: Option<Window>) -> Outcome {
         let sent = self.sent_total();
-        let sent_bytes: u64 = self.endpoints.iter().filter_map(|e| e.sender.as_ref()).map(|s| s.bytes_in_window).sum();
+        let sent_bytes: u64 = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.sender.as_ref())
+            .map(|s| s.bytes_in_window)
+            .sum();
         let tally = &self.tally;
         let lost = sent.saturating_sub(tally.delivered);
         let mut json = Json::default();
@@ -546,7 +611,10 @@ impl<'a> Run<'a> {
             .str("target", self.options.target.name())
             .str("framing", crate::framing_name(self.options.framing))
             .num("pairs", self.options.pairs as f64)
-            .num("streams", self.endpoints.iter().filter(|e| e.sender.is_some()).count() as f64)
+            .num(
+                "streams",
+                self.endpoints.iter().filter(|e| e.sender.is_some()).count() as f64,
+            )
             .num("size", self.options.size as f64)
             .num("rate", self.options.rate)
             .bool("both", self.options.both)
@@ -560,7 +628,10 @@ impl<'a> Run<'a> {
             .num("sent_fps", sent as f64 / seconds)
             .num("delivered_fps", tally.delivered as f64 / seconds)
             .num("sent_mibps", report::mib_per_s(sent_bytes, seconds))
-            .num("delivered_mibps", report::mib_per_s(tally.delivered_bytes, seconds))
+            .num(
+                "delivered_mibps",
+                report::mib_per_s(tally.delivered_bytes, seconds),
+            )
             .obj("latency_us", &report::latency_json(&tally.latency))
             .num("errors", tally.errors as f64);
         if let Some(server) = server {
@@ -569,14 +640,29 @@ impl<'a> Run<'a> {
             stats
                 .num("cpu_s", server.cpu_s)
                 .num("peak_rss_kib", server.peak_rss_kib as f64)
-                .num("cpu_s_per_gib", if gib > 0.0 { server.cpu_s / gib } else { f64::NAN })
+                .num(
+                    "cpu_s_per_gib",
+                    if gib > 0.0 {
+                        server.cpu_s / gib
+                    } else {
+                        f64::NAN
+                    },
+                )
                 .num(
                     "cpu_us_per_frame",
-                    if tally.delivered > 0 { server.cpu_s * 1e6 / tally.delivered as f64 } else { f64::NAN },
+                    if tally.delivered > 0 {
+                        server.cpu_s * 1e6 / tally.delivered as f64
+                    } else {
+                        f64::NAN
+                    },
                 )
                 .num(
                     "cpu_s_per_million_frames",
-                    if tally.delivered > 0 { server.cpu_s * 1e6 / tally.delivered as f64 } else { f64::NAN },
+                    if tally.delivered > 0 {
+                        server.cpu_s * 1e6 / tally.delivered as f64
+                    } else {
+                        f64::NAN
+                    },
                 );
             json.obj("server", &stats);
         }
@@ -591,7 +677,11 @@ impl<'a> Run<'a> {
             self.options.pairs,
             self.endpoints.iter().filter(|e| e.sender.is_some()).count(),
             self.options.size,
-            if self.options.rate > 0.0 { format!("{} frames/s per stream", self.options.rate) } else { "flat out".to_owned() },
+            if self.options.rate > 0.0 {
+                format!("{} frames/s per stream", self.options.rate)
+            } else {
+                "flat out".to_owned()
+            },
             sent as f64 / seconds,
             report::mib_per_s(sent_bytes, seconds),
             tally.delivered,
@@ -611,7 +701,10 @@ impl<'a> Run<'a> {
                 server.cpu_s * 1e6 / tally.delivered.max(1) as f64
             ));
         }
-        Outcome { json, human, ok: tally.errors == 0 }
+        Outcome {
+            json,
+            human,
+            ok: tally.errors == 0,
+        }
     }
 }
-

@@ -62,7 +62,14 @@ pub fn put_payload(out: &mut Vec<u8>, size: usize, stream: u32, sequence: u64, s
 }
 
 /// Appends one media frame as a client writes it in `framing`.
-pub fn put_media_frame(out: &mut Vec<u8>, framing: Framing, size: usize, stream: u32, sequence: u64, stamp: u64) {
+pub fn put_media_frame(
+    out: &mut Vec<u8>,
+    framing: Framing,
+    size: usize,
+    stream: u32,
+    sequence: u64,
+    stamp: u64,
+) {
     if framing == Framing::LengthPrefixed {
         let length = u32::try_from(size.max(HEADER_LEN) + 1).unwrap_or(u32::MAX);
         out.extend_from_slice(&length.to_be_bytes());
@@ -99,8 +106,12 @@ fn find_header(bytes: &[u8]) -> Option<usize> {
     let digit = |byte: &u8| (b'A'..=b'P').contains(byte);
     (0..bytes.len()).find(|&start| {
         bytes[start] == MAGIC
-            && bytes.get(start + 1..start + HEADER_LEN).is_some_and(|digits| digits.iter().all(digit))
-            && bytes.get(start + HEADER_LEN).is_none_or(|next| !digit(next))
+            && bytes
+                .get(start + 1..start + HEADER_LEN)
+                .is_some_and(|digits| digits.iter().all(digit))
+            && bytes
+                .get(start + HEADER_LEN)
+                .is_none_or(|next| !digit(next))
     })
 }
 
@@ -130,9 +141,15 @@ impl MediaStream {
 
     /// Feeds received bytes; calls `found` for every complete payload.
     /// Returns the payload bytes consumed (for throughput accounting).
-    pub fn feed(&mut self, bytes: &[u8], mut found: impl FnMut(Received)) -> Result<(), StreamError> {
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        mut found: impl FnMut(Received),
+    ) -> Result<(), StreamError> {
         match self.framing {
-            Framing::Seed => self.pending.extend(bytes.iter().copied().filter(|byte| *byte != 6)),
+            Framing::Seed => self
+                .pending
+                .extend(bytes.iter().copied().filter(|byte| *byte != 6)),
             Framing::LengthPrefixed => self.pending.extend_from_slice(bytes),
         }
         let mut at = 0;
@@ -145,7 +162,8 @@ impl MediaStream {
                 },
                 Framing::LengthPrefixed => {
                     let Some(header) = rest.get(..5) else { break };
-                    let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                    let length =
+                        u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
                     if header[4] != 6 {
                         return Err(StreamError::Unexpected);
                     }
@@ -205,11 +223,16 @@ mod tests {
         let mut stream = MediaStream::new(Framing::Seed, 40);
         let mut got = Vec::new();
         for piece in relayed.chunks(9) {
-            stream.feed(piece, |received| got.push(received)).expect("media");
+            stream
+                .feed(piece, |received| got.push(received))
+                .expect("media");
         }
         let sequences: Vec<u64> = got.iter().map(|r| r.sequence).collect();
         assert_eq!(sequences, [0, 1, 2, 3, 4]);
-        assert!(got.iter().all(|r| r.stream == 3 && r.stamp == 1000 + r.sequence));
+        assert!(
+            got.iter()
+                .all(|r| r.stream == 3 && r.stamp == 1000 + r.sequence)
+        );
     }
 
     #[test]
@@ -225,7 +248,9 @@ mod tests {
         relayed.extend_from_slice(&sent[3 * 64 + 20..]);
         let mut stream = MediaStream::new(Framing::Seed, 64);
         let mut got = Vec::new();
-        stream.feed(&relayed, |received| got.push(received.sequence)).expect("media");
+        stream
+            .feed(&relayed, |received| got.push(received.sequence))
+            .expect("media");
         assert_eq!(got, [0, 4, 5]);
     }
 

@@ -80,7 +80,9 @@ impl Window {
 /// Reads this process's open-files limit (soft, hard) from /proc.
 pub fn open_files_limit() -> Option<(u64, u64)> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))?;
     let numbers: Vec<u64> = line
         .split_whitespace()
         .filter_map(|word| word.parse().ok())

@@ -8,7 +8,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use callrelay::protocol::Framing;
-use callrelay::protocol::frame::{ClientMessage, DecodeError, ServerMessage, decode_server, encode_client};
+use callrelay::protocol::frame::{
+    ClientMessage, DecodeError, ServerMessage, decode_server, encode_client,
+};
 use callrelay::protocol::qdatastream::QString;
 
 /// How long one set-up step may take.
@@ -57,7 +59,10 @@ impl Session {
                 self.send(&ClientMessage::Heartbeat { suffix: None })?;
                 match self.recv()? {
                     ServerMessage::Heartbeat => Ok(()),
-                    other_message => Err(other(format!("{}: expected a heartbeat, got {other_message:?}", self.user))),
+                    other_message => Err(other(format!(
+                        "{}: expected a heartbeat, got {other_message:?}",
+                        self.user
+                    ))),
                 }
             }
             Framing::Seed => {
@@ -68,7 +73,9 @@ impl Session {
                 })?;
                 match self.recv()? {
                     ServerMessage::Text { .. } => Ok(()),
-                    other_message => Err(other(format!("{user}: expected my TEXT back, got {other_message:?}"))),
+                    other_message => Err(other(format!(
+                        "{user}: expected my TEXT back, got {other_message:?}"
+                    ))),
                 }
             }
         }
@@ -92,19 +99,38 @@ impl Session {
                         return Ok(message);
                     }
                     Err(DecodeError::NeedMore) => {}
-                    Err(DecodeError::Malformed) => return Err(other(format!("{}: malformed message from the relay", self.user))),
+                    Err(DecodeError::Malformed) => {
+                        return Err(other(format!(
+                            "{}: malformed message from the relay",
+                            self.user
+                        )));
+                    }
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{}: no answer from the relay", self.user)));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{}: no answer from the relay", self.user),
+                ));
             }
             self.stream.set_read_timeout(Some(left))?;
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(other(format!("{}: the relay closed the connection", self.user))),
+                Ok(0) => {
+                    return Err(other(format!(
+                        "{}: the relay closed the connection",
+                        self.user
+                    )));
+                }
                 Ok(count) => self.input.extend_from_slice(&chunk[..count]),
-                Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -124,7 +150,12 @@ pub fn accepted_call(caller: &mut Session, callee: &mut Session) -> io::Result<S
     })?;
     let call_id = match callee.recv()? {
         ServerMessage::CallRequest { call_id, .. } => call_id,
-        message => return Err(other(format!("{}: expected CALL_REQUEST, got {message:?}", callee.user))),
+        message => {
+            return Err(other(format!(
+                "{}: expected CALL_REQUEST, got {message:?}",
+                callee.user
+            )));
+        }
     };
     callee.send(&ClientMessage::CallAccept {
         call_ref: QString::from_str(&call_id),
@@ -132,7 +163,12 @@ pub fn accepted_call(caller: &mut Session, callee: &mut Session) -> io::Result<S
     for session in [caller, callee] {
         match session.recv()? {
             ServerMessage::CallAccept { .. } => {}
-            message => return Err(other(format!("{}: expected CALL_ACCEPT, got {message:?}", session.user))),
+            message => {
+                return Err(other(format!(
+                    "{}: expected CALL_ACCEPT, got {message:?}",
+                    session.user
+                )));
+            }
         }
     }
     Ok(call_id)

@@ -18,10 +18,16 @@ use crate::{Common, Outcome, Progress};
 const LISTENER: Token = Token(usize::MAX - 1);
 
 /// Runs `sink` on `listen` for frames of `size` bytes in `framing`.
-pub fn run(common: &Common, listen: SocketAddr, framing: Framing, size: usize) -> io::Result<Outcome> {
+pub fn run(
+    common: &Common,
+    listen: SocketAddr,
+    framing: Framing,
+    size: usize,
+) -> io::Result<Outcome> {
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(listen)?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
     if !common.quiet {
         eprintln!("sink listening on {}", listener.local_addr()?);
     }
@@ -40,11 +46,18 @@ pub fn run(common: &Common, listen: SocketAddr, framing: Framing, size: usize) -
         if progress.due(now) {
             progress.line(&format!("connections {} frames {frames}", conns.len()));
         }
-        poll.poll(&mut events, Some(progress.next(now).min(end).saturating_duration_since(now)))?;
+        poll.poll(
+            &mut events,
+            Some(progress.next(now).min(end).saturating_duration_since(now)),
+        )?;
         for event in events.iter() {
             if event.token() == LISTENER {
                 while let Ok((mut stream, _)) = listener.accept() {
-                    poll.registry().register(&mut stream, Token(conns.len()), Interest::READABLE)?;
+                    poll.registry().register(
+                        &mut stream,
+                        Token(conns.len()),
+                        Interest::READABLE,
+                    )?;
                     conns.push((stream, MediaStream::new(framing, size), false));
                 }
                 continue;
@@ -97,5 +110,9 @@ pub fn run(common: &Common, listen: SocketAddr, framing: Framing, size: usize) -
         report::mib_per_s(bytes, seconds),
         report::latency_line(&latency)
     );
-    Ok(Outcome { json, human, ok: errors == 0 })
+    Ok(Outcome {
+        json,
+        human,
+        ok: errors == 0,
+    })
 }
