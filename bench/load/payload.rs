@@ -205,7 +205,7 @@ mod tests {
         let mut out = Vec::new();
         put_payload(&mut out, 64, 0xABCDEF, u64::MAX >> 24, now_stamp());
         assert_eq!(out.len(), 64);
-        assert!(!out.iter().any(|byte| matches!(byte, 5 | 6 | 7)));
+        assert!(!out.iter().any(|byte| matches!(byte, 5..=7)));
     }
 
     #[test]
