@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden
+.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden fuzz bench
 
 QMAKE ?= /usr/lib/qt5/bin/qmake
 QT_BUILD := target/qt
@@ -39,11 +39,23 @@ qt: deps
 qt-golden: qt
 	$(QT_BUILD)/qtclient golden > tests/qt/golden.txt
 
+# Benchmark suite (relay vs plain loopback vs HAProxy, installed when missing): raw JSON in bench/out/, report in bench/RESULTS.md.
+bench:
+	./bench/run.sh
+
 # Formatting and clippy must stay clean; protocol/ and relay/ must not use mio (layering).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@if grep -rn "mio" src/protocol src/relay; then echo "protocol/ and relay/ must not depend on mio"; exit 1; fi
+
+# Fuzz the parser and the parser+relay session for FUZZ_SECONDS each (default 600), with cargo-fuzz
+# (installed when missing; RUSTC_BOOTSTRAP lets the stable toolchain take libFuzzer's sanitizer flags).
+FUZZ_SECONDS ?= 600
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz parser -- -max_total_time=$(FUZZ_SECONDS)
+	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz session -- -max_total_time=$(FUZZ_SECONDS)
 
 # Rewrite the sources in the project's format.
 fmt:
