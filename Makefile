@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden fuzz bench
+.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden fuzz soak bench
 
 QMAKE ?= /usr/lib/qt5/bin/qmake
 QT_BUILD := target/qt
@@ -56,6 +56,19 @@ fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz parser -- -max_total_time=$(FUZZ_SECONDS)
 	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz session -- -max_total_time=$(FUZZ_SECONDS)
+
+# Soak: the load tool's mixed scenario against a fresh release relay for SOAK_SECONDS (default 600);
+# reports errors, RSS over time, and whether connections, calls and users returned to zero.
+SOAK_SECONDS ?= 600
+SOAK_PORT ?= 18777
+SOAK_METRICS_PORT ?= 18778
+soak: release
+	@RUST_LOG=warn ./target/release/callrelay --listen 127.0.0.1:$(SOAK_PORT) --metrics-listen 127.0.0.1:$(SOAK_METRICS_PORT) > target/soak-relay.log 2>&1 & \
+	relay=$$!; trap 'kill $$relay 2>/dev/null' EXIT; \
+	for i in $$(seq 50); do grep -q "listening on" target/soak-relay.log && break; sleep 0.1; done; \
+	./target/release/callrelay-load mixed --addr 127.0.0.1:$(SOAK_PORT) --metrics 127.0.0.1:$(SOAK_METRICS_PORT) \
+	  --server-pid $$relay --duration $(SOAK_SECONDS); status=$$?; \
+	kill -TERM $$relay; wait $$relay; echo "relay exit status $$?"; exit $$status
 
 # Rewrite the sources in the project's format.
 fmt:

@@ -221,7 +221,7 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
         .num("duration_s", common.duration.as_secs_f64())
         .num("heartbeat_s", options.heartbeat.as_secs_f64())
         .num("sources", f64::from(options.sources))
-        .num("errors", (established - held) as f64)
+        .num("errors", (options.connections - held) as f64)
         .num(
             "open_files_limit",
             limit.map_or(f64::NAN, |(soft, _)| soft as f64),

@@ -10,6 +10,7 @@
 mod calls;
 mod idle;
 mod media;
+mod mixed;
 mod payload;
 mod proc_stats;
 mod report;
@@ -119,6 +120,11 @@ Modes:
           --sources loopback source addresses, held for --duration seconds;
           reports how many were established and held (and, with --server-pid,
           the server's RSS per connection).
+  mixed   the soak scenario: --pairs worker threads loop over rounds with fresh
+          connections (register, refused call, call, media both ways, hang up,
+          text, a hostile connection, a silent one) for --duration seconds;
+          reports errors and the server's RSS over time, and with --metrics
+          checks that connections, calls and users return to zero.
   sink    accept connections on --listen and read media frames for --duration
           seconds (the far end of a pipe set up by hand).
 
@@ -220,6 +226,12 @@ fn options() -> Options {
         "measure this process's CPU and memory over the window",
         "PID",
     );
+    opts.optopt(
+        "",
+        "metrics",
+        "mixed: the relay's metrics address, for the leak check at the end",
+        "ADDR",
+    );
     opts.optflag("q", "quiet", "no progress lines on stderr");
     opts.optflag("j", "json", "print the result as one JSON object on stdout");
     opts.optflag("h", "help", "print this help and exit");
@@ -297,7 +309,7 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
         .map_err(|error| UsageError(error.to_string()))?;
     let Some(mode) = matches.free.first().cloned() else {
         return Err(UsageError(
-            "no mode given: media, calls, idle or sink".to_owned(),
+            "no mode given: media, calls, idle, mixed or sink".to_owned(),
         ));
     };
     if let Some(extra) = matches.free.get(1) {
@@ -340,6 +352,11 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
                     )));
                 }
             };
+            if target == media::Target::Pipe && matches.opt_str("sink").is_none() {
+                return Err(UsageError(
+                    "--target pipe needs --sink ADDR (where the pipe forwards)".to_owned(),
+                ));
+            }
             let options = media::MediaOptions {
                 pairs: parse_number(&matches, "pairs", 1usize, 1, 9_000)?,
                 size: parse_number(
@@ -379,6 +396,14 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
             };
             idle::run(&common, &options).map_err(failed)?
         }
+        "mixed" => {
+            let workers = parse_number(&matches, "pairs", 8usize, 1, 256)?;
+            let metrics = matches
+                .opt_str("metrics")
+                .map(|text| parse_addr(&text, "metrics"))
+                .transpose()?;
+            mixed::run(&common, workers, metrics).map_err(failed)?
+        }
         "sink" => {
             let listen = parse_addr(
                 &matches
@@ -403,7 +428,7 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
         }
         other => {
             return Err(UsageError(format!(
-                "unknown mode {other:?}: media, calls, idle or sink"
+                "unknown mode {other:?}: media, calls, idle, mixed or sink"
             )));
         }
     };

@@ -477,7 +477,9 @@ impl<'a> Run<'a> {
             .and_then(|e| e.receiver.as_ref())
             .map_or(0, |r| r.received);
         let in_flight = sender.next_sequence.saturating_sub(received) * size;
+        // At least one frame may always be in flight, whatever the window.
         let room = (self.options.window as u64).saturating_sub(in_flight) / size;
+        let room = if in_flight == 0 { room.max(1) } else { room };
         batch.min(room)
     }
 
@@ -704,7 +706,7 @@ impl<'a> Run<'a> {
         Outcome {
             json,
             human,
-            ok: tally.errors == 0,
+            ok: tally.errors == 0 && sent > 0,
         }
     }
 }

@@ -394,10 +394,19 @@ impl Server {
                     // connection and close it at once, take the reserve back.
                     // Without this the connection would stay pending and wake
                     // the loop again and again.
-                    if let Ok((stream, addr)) = self.listener.accept() {
+                    let accepted = self.listener.accept();
+                    let pending = accepted.is_ok();
+                    if let Ok((stream, addr)) = accepted {
                         self.refuse(stream, addr, "out of file descriptors");
                     }
+                    // Only now is a descriptor free again for the reserve.
                     self.reserve_fd = File::open("/dev/null").ok();
+                    if !pending {
+                        // Nothing was pending after all (Linux reports EMFILE
+                        // before it looks at the queue): stop, or this loop
+                        // would never see WouldBlock.
+                        return;
+                    }
                 }
                 Err(error) => {
                     warn!("accept failed: {error}; retrying in {ACCEPT_RETRY:?}");

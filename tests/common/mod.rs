@@ -740,3 +740,104 @@ impl Client {
         }
     }
 }
+
+// ----- helpers for the load-tool smoke tests ---------------------------------
+
+impl RelayProcess {
+    /// The relay's process id (for `callrelay-load --server-pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+// ----- helpers for the operations tests (signals, limits, fd exhaustion) -----
+
+impl RelayProcess {
+    /// Starts the relay through a wrapper command: runs `wrapper[0]` with
+    /// `wrapper[1..]`, then the relay binary's path, `--listen 127.0.0.1:0`
+    /// and `args` (e.g. `bash -c 'ulimit -n 40 && exec "$0" "$@"'`). The
+    /// wrapper must `exec` the relay so that [`RelayProcess::pid`] is the
+    /// relay's.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> RelayProcess {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let mut command = Command::new(program);
+        command
+            .args(wrapper_args)
+            .arg(env!("CARGO_BIN_EXE_callrelay"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args);
+        RelayProcess::spawn_command(command)
+    }
+
+    /// Spawns `command` (the relay, possibly wrapped), captures its log and
+    /// waits for its listening address.
+    fn spawn_command(mut command: Command) -> RelayProcess {
+        let mut child = command
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start callrelay");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = channel();
+        let shared = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                shared.lock().expect("log lock").push(line.clone());
+                let _ = sender.send(line);
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        let addr = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .expect("relay printed its listening address");
+            if let Some(at) = line.find("listening on ") {
+                break line[at + "listening on ".len()..]
+                    .trim()
+                    .parse()
+                    .expect("listening address parses");
+            }
+        };
+        RelayProcess {
+            child,
+            addr,
+            log,
+            lines,
+        }
+    }
+
+    /// Waits at most `timeout` for the relay to exit; its status, or `None`
+    /// if it is still running then. (Polls the exit status: nothing about
+    /// the protocol is synchronised by this.)
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait on the relay") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Client {
+    /// Wraps an already connected socket (e.g. one bound to a chosen local
+    /// address) as a client with the given framing.
+    pub fn from_stream(stream: TcpStream, framing: Framing) -> Client {
+        stream.set_nodelay(true).expect("nodelay");
+        Client {
+            stream,
+            framing,
+            user: String::new(),
+            buffer: Vec::new(),
+        }
+    }
+}
