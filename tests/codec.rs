@@ -566,3 +566,66 @@ fn every_strict_prefix_of_every_frame_needs_more() {
         }
     }
 }
+
+/// Forwards framed media the way the server does: pass-through where it
+/// applies, the generic parser elsewhere; returns the bytes a framed
+/// receiver would get.
+fn forward_framed_media(chunks: &[&[u8]], min_frames: u64) -> Vec<u8> {
+    let limits = Limits::default();
+    let mut parser = FrameParser::new();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buffer.extend_from_slice(chunk);
+        loop {
+            if let Some(run) = parser.media_passthrough(&buffer, &limits, min_frames) {
+                out.extend_from_slice(&buffer[..run.len]);
+                buffer.drain(..run.len);
+                continue;
+            }
+            let context = ParseContext {
+                limits: &limits,
+                user_id: b"alice",
+                seed_phase: SeedPhase::Normal,
+            };
+            let consumed = match parser.parse(&buffer, &context).expect("valid media") {
+                Parsed::NeedMore => break,
+                Parsed::Frame { consumed, .. } => consumed,
+                Parsed::Media {
+                    header, in_hand, ..
+                } => {
+                    out.extend_from_slice(&buffer[..header + in_hand]);
+                    header + in_hand
+                }
+                Parsed::Body { len, .. } => {
+                    out.extend_from_slice(&buffer[..len]);
+                    len
+                }
+                Parsed::Stale { consumed } => consumed,
+            };
+            buffer.drain(..consumed);
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn media_passthrough_forwards_every_byte_exactly_once(
+        payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..20),
+        cuts in proptest::collection::vec(any::<usize>(), 0..30),
+        min_frames in 1u64..3,
+    ) {
+        let registration = client_bytes(&ClientMessage::Register { kind: 7, user: "alice".into() }, Framing::LengthPrefixed);
+        let mut media = Vec::new();
+        for payload in &payloads {
+            encode_client(&ClientMessage::Media { payload: payload.clone() }, Framing::LengthPrefixed, &mut media);
+        }
+        let mut input = registration.clone();
+        input.extend_from_slice(&media);
+        let forwarded = forward_framed_media(&split_at(&input, &cuts), min_frames);
+        prop_assert_eq!(forwarded, media);
+    }
+}

@@ -85,15 +85,18 @@ pub enum Parsed<'a> {
     },
 }
 
-/// A run of complete length-prefixed media frames (see [`FrameParser::media_run`]).
+/// Bytes of length-prefixed media that may pass through unchanged (see
+/// [`FrameParser::media_passthrough`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MediaRun {
-    /// Frames in the run.
+    /// Frames that start in the run (the last may be incomplete).
     pub frames: u64,
     /// Bytes of the run, prefixes included.
     pub len: usize,
     /// Payload bytes in the run.
     pub payload: u64,
+    /// The run ends inside a frame it started (its body follows).
+    pub started: bool,
 }
 
 /// Which kind of streamed body a [`Parsed::Body`] belongs to.
@@ -264,33 +267,75 @@ impl FrameParser {
         }
     }
 
-    /// The longest prefix of `input` made of complete length-prefixed
-    /// media frames within the limits, when the parser is at a frame
-    /// boundary of a registered length-prefixed connection: such a run is
-    /// byte for byte what a length-prefixed receiver must get, so the server
-    /// can forward it with one write. Parsing state is not changed.
-    pub fn media_run(&self, input: &[u8], limits: &Limits) -> MediaRun {
-        let mut run = MediaRun::default();
-        if self.framing != Some(Framing::LengthPrefixed) || !self.registered || self.body.is_some()
-        {
-            return run;
+    /// Media pass-through for a registered length-prefixed connection: the
+    /// longest prefix of `input` made of the rest of the media frame in
+    /// progress, complete media frames, and the start of one more media
+    /// frame (its header in hand). Such bytes are exactly what a
+    /// length-prefixed receiver must get, so the server forwards them with
+    /// one write. The parser state moves past them (into the body of the
+    /// last frame if it is incomplete). Nothing is consumed, and `None` is
+    /// returned, unless at least `min_frames` frame boundaries are crossed,
+    /// or a FILE body is in progress: the generic path handles those.
+    pub fn media_passthrough(
+        &mut self,
+        input: &[u8],
+        limits: &Limits,
+        min_frames: u64,
+    ) -> Option<MediaRun> {
+        if self.framing != Some(Framing::LengthPrefixed) || !self.registered {
+            return None;
         }
-        let mut rest = input;
-        while let Some(&[a, b, c, d, kind]) = rest.get(..5) {
+        let mut run = MediaRun::default();
+        let mut at = 0usize;
+        let mut body_left = match self.body {
+            None => 0u64,
+            Some(BodyInProgress {
+                kind: BodyKind::Media,
+                remaining,
+            }) => remaining,
+            Some(_) => return None,
+        };
+        if body_left > 0 {
+            let take = body_left.min(input.len() as u64);
+            at += take as usize;
+            run.payload += take;
+            body_left -= take;
+            if body_left > 0 {
+                return None;
+            }
+        }
+        let finished_body = self.body.is_some();
+        while let Some(&[a, b, c, d, kind]) = input.get(at..at + 5) {
             let length = u32::from_be_bytes([a, b, c, d]);
             if kind != MessageType::MediaData as u8 || length == 0 || length - 1 > limits.max_media
             {
                 break;
             }
-            let Some(next) = rest.get(4 + length as usize..) else {
+            let payload = u64::from(length - 1);
+            let in_hand = (input.len() - at - 5) as u64;
+            at += 5;
+            if in_hand >= payload {
+                at += payload as usize;
+                run.payload += payload;
+                run.frames += 1;
+            } else {
+                at += in_hand as usize;
+                run.payload += in_hand;
+                body_left = payload - in_hand;
+                run.frames += 1;
+                run.started = true;
                 break;
-            };
-            run.frames += 1;
-            run.len += 4 + length as usize;
-            run.payload += u64::from(length - 1);
-            rest = next;
+            }
         }
-        run
+        if run.frames + u64::from(finished_body) < min_frames {
+            return None;
+        }
+        run.len = at;
+        self.body = (body_left > 0).then_some(BodyInProgress {
+            kind: BodyKind::Media,
+            remaining: body_left,
+        });
+        Some(run)
     }
 
     fn continue_body(&mut self, body: BodyInProgress, available: usize) -> Parsed<'static> {

@@ -695,37 +695,51 @@ impl Server {
 
     // ----- media and file bodies -------------------------------------------
 
-    /// The fast path for media between two length-prefixed connections: a
-    /// run of complete media frames at the start of the input is exactly
-    /// what the peer must receive, so it goes out in one write (zero-copy
-    /// when the peer has nothing queued). `None` when there is no such run
-    /// (the generic path handles the input).
+    /// The fast path for media between two length-prefixed connections:
+    /// the rest of the frame in progress, complete media frames and the
+    /// start of the next one are exactly what the peer must receive, so they
+    /// go out in one write (zero-copy when the peer has nothing queued).
+    /// `None` when this does not apply; the generic path then handles the
+    /// input (one frame at a time, with the soft-limit drop decided at each
+    /// frame's start).
     fn forward_media_run(&mut self, id: ConnId) -> Option<Option<Flow>> {
         let (soft, limits) = (self.config.output_soft, self.config.limits);
         let conn = self.conn(id)?;
         let peer = conn.link.as_ref()?.peer;
-        let run = conn.parser.media_run(conn.input.data(), &limits);
-        if run.frames < 2 {
+        let continuing = conn.parser.in_body();
+        if continuing && conn.body_target != BodyTarget::To(peer) {
             return None;
         }
         let target = self.conn(peer).filter(|p| !p.is_closing())?;
         if target.framing() != Some(Framing::LengthPrefixed)
             || target.inbound.is_some_and(|owner| owner != id)
+            || target.output.len() >= soft
         {
             return None;
         }
-        if target.output.len() >= soft {
-            self.counters.media_dropped_overflow += run.frames;
-            if let Some(target) = self.conn_mut(peer) {
-                target.media_dropped += run.frames;
-            }
-        } else {
-            self.forward(id, peer, &[], 0, run.len);
-            self.counters.media_frames_relayed += run.frames;
-            self.counters.media_bytes_relayed += run.payload;
-        }
+        // Without a frame in progress, a lone frame takes the generic path.
+        let min_frames = if continuing { 1 } else { 2 };
         let conn = self.conn_mut(id)?;
-        conn.input.consume(run.len);
+        let run = conn
+            .parser
+            .media_passthrough(conn.input.data(), &limits, min_frames)?;
+        let in_body = conn.parser.in_body();
+        conn.body_target = if in_body {
+            BodyTarget::To(peer)
+        } else {
+            BodyTarget::Discard
+        };
+        self.forward(id, peer, &[], 0, run.len);
+        self.counters.media_frames_relayed += run.frames;
+        self.counters.media_bytes_relayed += run.payload;
+        self.conn_mut(id)?.input.consume(run.len);
+        if in_body {
+            if let Some(target) = self.conn_mut(peer) {
+                target.inbound = Some(id);
+            }
+        } else if self.conn(peer).is_some_and(|p| p.inbound == Some(id)) {
+            self.end_inbound(peer);
+        }
         Some(None)
     }
 
