@@ -32,6 +32,8 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(2);
 pub const DEFAULT_MAX_UNREGISTERED: usize = 1_000;
 /// Default time a graceful shutdown waits for output to drain.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time frames may wait behind a stalled cut-through frame.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default interval of the stats log line.
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -52,6 +54,9 @@ pub struct Timeouts {
     pub shutdown: Duration,
     /// Interval of the stats log line (zero: off).
     pub stats_interval: Duration,
+    /// Frames held behind a cut-through frame whose sender stalls may
+    /// wait this long; then that sender is closed and its frame padded.
+    pub stall: Duration,
 }
 
 impl Default for Timeouts {
@@ -64,6 +69,7 @@ impl Default for Timeouts {
             linger: DEFAULT_LINGER,
             shutdown: DEFAULT_SHUTDOWN_TIMEOUT,
             stats_interval: DEFAULT_STATS_INTERVAL,
+            stall: DEFAULT_STALL_TIMEOUT,
         }
     }
 }

@@ -139,6 +139,22 @@ impl WriteQueue {
         self.bytes.len() - self.head + self.held.len()
     }
 
+    /// Bytes the socket can take now (held bytes excluded): what the
+    /// receiver's own reading drains, so what backpressure is decided on.
+    pub fn pending_len(&self) -> usize {
+        self.bytes.len() - self.head
+    }
+
+    /// Bytes held behind another sender's frame in progress.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Drops the held frames (the connection is closing).
+    pub fn discard_held(&mut self) {
+        self.held = Vec::new();
+    }
+
     /// True when nothing waits for the socket (held bytes may still wait
     /// for another sender's frame to complete).
     pub fn is_empty(&self) -> bool {

@@ -119,6 +119,8 @@ pub struct Connection {
     /// The connection whose cut-through frame is being written into this
     /// one; other senders' frames are held until it completes.
     pub inbound: Option<ConnId>,
+    /// When the inbound frame's sender last moved bytes into this connection.
+    pub inbound_progress: Instant,
     /// Connections paused until this one's output drains.
     pub waiters: Vec<ConnId>,
     /// Media frames to this connection dropped over the soft limit.
@@ -152,6 +154,7 @@ impl Connection {
             body_target: BodyTarget::Discard,
             paused_on: None,
             inbound: None,
+            inbound_progress: now,
             waiters: Vec::new(),
             media_dropped: 0,
             queued_ready: false,

@@ -78,6 +78,9 @@ enum TimerKey {
     Stats,
     /// The graceful shutdown's deadline (wakes the loop).
     ShutdownDeadline,
+    /// Frames for this connection have been held behind a cut-through
+    /// frame since the timer was armed.
+    Stall(ConnId, ConnId),
     /// The relay's own timer.
     Relay(RelayTimer),
 }
@@ -463,6 +466,8 @@ impl Server {
             self.next_generation = self.next_generation.wrapping_add(1);
             let Ok(slot) = u32::try_from(entry.key()) else {
                 warn!("{addr}: no connection slot left");
+                self.forget_address(addr.ip());
+                self.unregistered -= 1;
                 continue;
             };
             let id = ConnId {
@@ -593,7 +598,7 @@ impl Server {
             && conn.parser.body_kind() == Some(BodyKind::File)
             && self
                 .conn(dest)
-                .is_some_and(|d| d.output.len() >= soft && !d.is_closing())
+                .is_some_and(|d| d.output.pending_len() >= soft && !d.is_closing())
         {
             self.pause(id, dest);
             return Some(Flow::Stop);
@@ -734,9 +739,7 @@ impl Server {
         self.counters.media_bytes_relayed += run.payload;
         self.conn_mut(id)?.input.consume(run.len);
         if in_body {
-            if let Some(target) = self.conn_mut(peer) {
-                target.inbound = Some(id);
-            }
+            self.set_inbound(peer, id);
         } else if self.conn(peer).is_some_and(|p| p.inbound == Some(id)) {
             self.end_inbound(peer);
         }
@@ -835,8 +838,8 @@ impl Server {
                         BodyTarget::To(peer)
                     };
                 }
-                if !complete && let Some(p) = self.conn_mut(peer) {
-                    p.inbound = Some(id);
+                if !complete {
+                    self.set_inbound(peer, id);
                 }
             }
         }
@@ -860,7 +863,7 @@ impl Server {
                     (
                         to,
                         from,
-                        dest.output.len() >= soft || dest.inbound.is_some_and(|o| o != id),
+                        dest.output.pending_len() >= soft || dest.inbound.is_some_and(|o| o != id),
                     )
                 })
             }
@@ -891,9 +894,7 @@ impl Server {
                 conn.input.consume(consumed);
                 if conn.parser.in_body() {
                     conn.body_target = BodyTarget::To(dest);
-                    if let Some(dest) = self.conn_mut(dest) {
-                        dest.inbound = Some(id);
-                    }
+                    self.set_inbound(dest, id);
                 }
                 None
             }
@@ -935,6 +936,15 @@ impl Server {
         }
     }
 
+    /// A cut-through frame from `owner` into `dest` has started.
+    fn set_inbound(&mut self, dest: ConnId, owner: ConnId) {
+        let now = self.now;
+        if let Some(dest) = self.conn_mut(dest) {
+            dest.inbound = Some(owner);
+            dest.inbound_progress = now;
+        }
+    }
+
     /// The cut-through frame into `dest` is complete: frames held for it go
     /// out, and senders waiting for it may go on.
     fn end_inbound(&mut self, dest: ConnId) {
@@ -958,7 +968,7 @@ impl Server {
                 .and_then(|conn| conn.input.data().get(offset..offset + len))
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default();
-            self.enqueue(to, from, &[header, &payload]);
+            self.enqueue(to, Some(from), &[header, &payload]);
             return;
         }
         let Some((src, dst)) = self.conns.get2_mut(from.index(), to.index()) else {
@@ -974,9 +984,14 @@ impl Server {
             .unwrap_or_default();
         let parts = [header, payload];
         let total = header.len() + payload.len();
-        if dst.inbound.is_some_and(|owner| owner != from) {
+        if let Some(owner) = dst.inbound.filter(|owner| *owner != from) {
+            if dst.output.held_len() == 0 {
+                let at = self.now + self.config.timeouts.stall;
+                self.timers.arm(at, TimerKey::Stall(to, owner));
+            }
             dst.output.hold(&parts);
             self.counters.bytes_queued += total as u64;
+            self.check_stalled_inbound(to);
         } else if dst.output.is_empty() {
             let (written, result) = socket::write_all_vectored(&mut dst.socket, &parts);
             self.counters.bytes_zero_copy += written as u64;
@@ -999,20 +1014,66 @@ impl Server {
         self.after_output(to);
     }
 
-    /// Appends bytes for `to` to its queue (held if another sender's frame
-    /// is being cut through into it).
-    fn enqueue(&mut self, to: ConnId, from: ConnId, parts: &[&[u8]]) {
+    /// Appends bytes for `to` to its queue: held while a cut-through frame
+    /// is being written into `to`, unless they continue that very frame
+    /// (`from` is its sender). Server-built frames have no sender (`None`),
+    /// so they are always held then, even for a FILE a user sends itself.
+    fn enqueue(&mut self, to: ConnId, from: Option<ConnId>, parts: &[&[u8]]) {
         let Some(dst) = self.conn_mut(to) else {
             return;
         };
         let total: usize = parts.iter().map(|part| part.len()).sum();
-        if dst.inbound.is_some_and(|owner| owner != from) {
+        let held = dst.inbound.is_some() && dst.inbound != from;
+        if held {
+            if dst.output.held_len() == 0
+                && let Some(owner) = dst.inbound
+            {
+                let at = self.now + self.config.timeouts.stall;
+                self.timers.arm(at, TimerKey::Stall(to, owner));
+            }
+            let Some(dst) = self.conn_mut(to) else {
+                return;
+            };
             dst.output.hold(parts);
         } else {
             dst.output.push(parts);
         }
         self.counters.bytes_queued += total as u64;
+        if held {
+            self.check_stalled_inbound(to);
+        }
         self.after_output(to);
+    }
+
+    /// Frames are held for `to` behind a cut-through frame. If they pass
+    /// the soft limit while that frame's sender is not waiting for `to`
+    /// (so it is the sender that stalls, not `to` that reads slowly), the
+    /// sender is closed and its frame padded: one peer must not be able to
+    /// silence another by trickling a long frame.
+    fn check_stalled_inbound(&mut self, to: ConnId) {
+        let soft = self.config.output_soft;
+        let Some(dst) = self.conn(to) else {
+            return;
+        };
+        if dst.output.held_len() >= soft {
+            self.close_stalled_owner(to);
+        }
+    }
+
+    /// Closes the sender of the cut-through frame into `to` unless it is
+    /// waiting for `to` itself to drain (then `to` reads slowly, and its
+    /// own limits apply).
+    fn close_stalled_owner(&mut self, to: ConnId) {
+        let Some(owner) = self.conn(to).and_then(|dst| dst.inbound) else {
+            return;
+        };
+        if self.conn(owner).is_some_and(|o| o.paused_on == Some(to)) {
+            return;
+        }
+        let detail = format!("a frame to {to} stalled while other frames for it waited");
+        warn!("{owner}: {detail}");
+        self.closing_queue
+            .push((owner, CloseReason::Error(ErrorCode::Timeout, detail)));
     }
 
     /// Output was added to `to`: check the hard limit, schedule a flush.
@@ -1080,7 +1141,7 @@ impl Server {
         let mut bytes = std::mem::take(&mut self.scratch);
         bytes.clear();
         encode_server(frame, framing, &mut bytes);
-        self.enqueue(to, to, &[&bytes]);
+        self.enqueue(to, None, &[&bytes]);
         self.scratch = bytes;
     }
 
@@ -1099,7 +1160,7 @@ impl Server {
             let Some(conn) = self.conn(id) else {
                 continue;
             };
-            if conn.output.len() < soft && !conn.waiters.is_empty() {
+            if conn.output.pending_len() < soft && !conn.waiters.is_empty() {
                 self.wake_waiters(id);
             }
             self.finish_if_done(id);
@@ -1197,6 +1258,21 @@ impl Server {
                 }
                 TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
+                TimerKey::Stall(to, owner) => {
+                    let stall = self.config.timeouts.stall;
+                    let progress = self
+                        .conn(to)
+                        .filter(|dst| dst.inbound == Some(owner) && dst.output.held_len() > 0)
+                        .map(|dst| dst.inbound_progress);
+                    match progress {
+                        Some(at) if self.now >= at + stall => {
+                            self.close_stalled_owner(to);
+                            self.close_queued();
+                        }
+                        Some(at) => self.timers.arm(at + stall, TimerKey::Stall(to, owner)),
+                        None => {}
+                    }
+                }
                 TimerKey::Metrics(key) => {
                     if self
                         .metrics_conns
@@ -1235,6 +1311,7 @@ impl Server {
             TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
             TimerKey::AcceptRetry | TimerKey::Stats | TimerKey::ShutdownDeadline => true,
             TimerKey::Metrics(_) => true,
+            TimerKey::Stall(to, _) => alive(to),
             TimerKey::Relay(timer) => relay.timer_is_live(timer),
         });
         debug!("timers compacted to {}", self.timers.len());
@@ -1245,7 +1322,12 @@ impl Server {
         let Some(conn) = self.conn(id).filter(|c| c.state == ConnState::Registered) else {
             return;
         };
-        let deadline = conn.last_input + idle;
+        // A connection the relay stopped reading (backpressure) is not idle.
+        let deadline = if conn.paused_on.is_some() {
+            self.now + idle
+        } else {
+            conn.last_input + idle
+        };
         if self.now >= deadline {
             let detail = format!("no input for {idle:?}");
             self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
@@ -1445,7 +1527,15 @@ impl Server {
             CloseReason::PeerClosed => info!("{id} ({user}) closed by peer"),
             CloseReason::Error(code, detail) => info!("{id} ({user}) closed: {code} ({detail})"),
         }
-        if let (CloseReason::Error(code, detail), Some(framing)) = (&reason, conn.framing()) {
+        // An ERROR written while another sender's frame is being cut
+        // through into this connection would land inside that frame.
+        let mid_frame = conn.inbound.is_some();
+        if mid_frame {
+            conn.output.discard_held();
+        }
+        if let (CloseReason::Error(code, detail), Some(framing), false) =
+            (&reason, conn.framing(), mid_frame)
+        {
             let mut bytes = Vec::new();
             let frame = ServerFrame::Error {
                 code: *code,
@@ -1488,7 +1578,7 @@ impl Server {
         let zeros = vec![0u8; PAD_CHUNK];
         while remaining > 0 && self.conn(dest).is_some_and(|d| !d.is_closing()) {
             let chunk = usize::try_from(remaining).map_or(PAD_CHUNK, |left| left.min(PAD_CHUNK));
-            self.enqueue(dest, from, &[zeros.get(..chunk).unwrap_or_default()]);
+            self.enqueue(dest, Some(from), &[zeros.get(..chunk).unwrap_or_default()]);
             remaining -= chunk as u64;
             if self
                 .conn(dest)
