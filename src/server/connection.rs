@@ -119,8 +119,10 @@ pub struct Connection {
     /// The connection whose cut-through frame is being written into this
     /// one; other senders' frames are held until it completes.
     pub inbound: Option<ConnId>,
-    /// When the inbound frame's sender last moved bytes into this connection.
-    pub inbound_progress: Instant,
+    /// Zeros still owed to complete an inbound frame whose sender vanished.
+    pub pad_remaining: u64,
+    /// Since when frames have been held behind the inbound frame.
+    pub held_since: Option<Instant>,
     /// Connections paused until this one's output drains.
     pub waiters: Vec<ConnId>,
     /// Media frames to this connection dropped over the soft limit.
@@ -154,7 +156,8 @@ impl Connection {
             body_target: BodyTarget::Discard,
             paused_on: None,
             inbound: None,
-            inbound_progress: now,
+            pad_remaining: 0,
+            held_since: None,
             waiters: Vec::new(),
             media_dropped: 0,
             queued_ready: false,

@@ -60,7 +60,7 @@ const READS_PER_TURN: usize = 16;
 /// Pause before accepting again after accept failed (e.g. out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Zeros written at a time when padding a frame whose sender vanished.
-const PAD_CHUNK: usize = 64 * 1024;
+const PAD_CHUNK: usize = 16 * 1024;
 
 /// What a deadline is for.
 #[derive(Clone, Debug)]
@@ -136,6 +136,9 @@ pub struct Server {
     /// the pending connection does not keep waking the loop.
     reserve_fd: Option<File>,
     refusals: Refusals,
+    /// A connection whose held frames passed the soft limit during the
+    /// current input step: the sender of that input waits for it.
+    held_over: Option<ConnId>,
 }
 
 /// Whether the server runs or is shutting down.
@@ -224,6 +227,7 @@ impl Server {
             unregistered: 0,
             reserve_fd: File::open("/dev/null").ok(),
             refusals: Refusals::default(),
+            held_over: None,
         })
     }
 
@@ -564,6 +568,10 @@ impl Server {
             let flow = self.step(id);
             self.apply_actions();
             self.close_queued();
+            if let Some(to) = self.held_over.take().filter(|to| *to != id) {
+                self.pause(id, to);
+                return Flow::Stop;
+            }
             match flow {
                 Some(flow) => return flow,
                 None => continue,
@@ -938,10 +946,8 @@ impl Server {
 
     /// A cut-through frame from `owner` into `dest` has started.
     fn set_inbound(&mut self, dest: ConnId, owner: ConnId) {
-        let now = self.now;
         if let Some(dest) = self.conn_mut(dest) {
             dest.inbound = Some(owner);
-            dest.inbound_progress = now;
         }
     }
 
@@ -950,6 +956,7 @@ impl Server {
     fn end_inbound(&mut self, dest: ConnId) {
         if let Some(conn) = self.conn_mut(dest) {
             conn.inbound = None;
+            conn.held_since = None;
             conn.output.release_held();
             self.mark_dirty(dest);
         }
@@ -986,6 +993,7 @@ impl Server {
         let total = header.len() + payload.len();
         if let Some(owner) = dst.inbound.filter(|owner| *owner != from) {
             if dst.output.held_len() == 0 {
+                dst.held_since = Some(self.now);
                 let at = self.now + self.config.timeouts.stall;
                 self.timers.arm(at, TimerKey::Stall(to, owner));
             }
@@ -1028,8 +1036,7 @@ impl Server {
             if dst.output.held_len() == 0
                 && let Some(owner) = dst.inbound
             {
-                let at = self.now + self.config.timeouts.stall;
-                self.timers.arm(at, TimerKey::Stall(to, owner));
+                self.start_holding(to, owner);
             }
             let Some(dst) = self.conn_mut(to) else {
                 return;
@@ -1045,24 +1052,35 @@ impl Server {
         self.after_output(to);
     }
 
-    /// Frames are held for `to` behind a cut-through frame. If they pass
-    /// the soft limit while that frame's sender is not waiting for `to`
-    /// (so it is the sender that stalls, not `to` that reads slowly), the
-    /// sender is closed and its frame padded: one peer must not be able to
-    /// silence another by trickling a long frame.
+    /// Frames start waiting for `to` behind `owner`'s cut-through frame:
+    /// they may wait `--stall-timeout` at most.
+    fn start_holding(&mut self, to: ConnId, owner: ConnId) {
+        let now = self.now;
+        if let Some(dst) = self.conn_mut(to) {
+            dst.held_since = Some(now);
+        }
+        self.timers
+            .arm(now + self.config.timeouts.stall, TimerKey::Stall(to, owner));
+    }
+
+    /// Frames are held for `to` behind a cut-through frame. Past the soft
+    /// limit, the connection whose input produced them is paused until the
+    /// frame completes (recorded here, applied by `drain_input`): text and
+    /// signaling are never dropped, so their sender waits instead.
     fn check_stalled_inbound(&mut self, to: ConnId) {
         let soft = self.config.output_soft;
-        let Some(dst) = self.conn(to) else {
-            return;
-        };
-        if dst.output.held_len() >= soft {
-            self.close_stalled_owner(to);
+        if self
+            .conn(to)
+            .is_some_and(|dst| dst.output.held_len() >= soft)
+        {
+            self.held_over = Some(to);
         }
     }
 
-    /// Closes the sender of the cut-through frame into `to` unless it is
-    /// waiting for `to` itself to drain (then `to` reads slowly, and its
-    /// own limits apply).
+    /// Frames for `to` waited `--stall-timeout` behind a cut-through frame:
+    /// its sender is closed (and the frame padded) unless it is waiting for
+    /// `to` itself to drain (then `to` reads slowly, and its own limits
+    /// apply). One peer must not silence another by trickling a long frame.
     fn close_stalled_owner(&mut self, to: ConnId) {
         let Some(owner) = self.conn(to).and_then(|dst| dst.inbound) else {
             return;
@@ -1156,6 +1174,12 @@ impl Server {
             conn.queued_dirty = false;
             if !conn.flush() && !conn.is_closing() {
                 self.begin_close(id, CloseReason::PeerClosed);
+            }
+            let Some(conn) = self.conn(id) else {
+                continue;
+            };
+            if conn.pad_remaining > 0 {
+                self.refill_padding(id);
             }
             let Some(conn) = self.conn(id) else {
                 continue;
@@ -1260,11 +1284,11 @@ impl Server {
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
                 TimerKey::Stall(to, owner) => {
                     let stall = self.config.timeouts.stall;
-                    let progress = self
+                    let since = self
                         .conn(to)
                         .filter(|dst| dst.inbound == Some(owner) && dst.output.held_len() > 0)
-                        .map(|dst| dst.inbound_progress);
-                    match progress {
+                        .and_then(|dst| dst.held_since);
+                    match since {
                         Some(at) if self.now >= at + stall => {
                             self.close_stalled_owner(to);
                             self.close_queued();
@@ -1573,19 +1597,37 @@ impl Server {
 
     /// Completes a cut-through frame from a sender that vanished mid-frame
     /// with zeros, so the receiver's stream stays parseable.
-    fn pad_frame(&mut self, from: ConnId, dest: ConnId, mut remaining: u64) {
+    fn pad_frame(&mut self, from: ConnId, dest: ConnId, remaining: u64) {
         warn!("{from} left mid-frame: padding {remaining} bytes to {dest}");
-        let zeros = vec![0u8; PAD_CHUNK];
-        while remaining > 0 && self.conn(dest).is_some_and(|d| !d.is_closing()) {
-            let chunk = usize::try_from(remaining).map_or(PAD_CHUNK, |left| left.min(PAD_CHUNK));
-            self.enqueue(dest, Some(from), &[zeros.get(..chunk).unwrap_or_default()]);
-            remaining -= chunk as u64;
-            if self
-                .conn(dest)
-                .is_some_and(|d| d.output.len() > self.config.output_hard)
-            {
+        if let Some(conn) = self.conn_mut(dest) {
+            conn.pad_remaining = remaining;
+        }
+        self.refill_padding(dest);
+    }
+
+    /// Writes owed padding as the receiver drains (never past the soft
+    /// limit, so a long abandoned frame cannot push the receiver over its
+    /// hard limit); frames held behind it go out once it is complete.
+    fn refill_padding(&mut self, dest: ConnId) {
+        let soft = self.config.output_soft;
+        let Some(owner) = self.conn(dest).and_then(|d| d.inbound) else {
+            return;
+        };
+        let zeros = [0u8; PAD_CHUNK];
+        loop {
+            let Some(conn) = self.conn_mut(dest) else {
+                return;
+            };
+            if conn.is_closing() || conn.pad_remaining == 0 {
                 break;
             }
+            if conn.output.pending_len() >= soft {
+                return;
+            }
+            let chunk =
+                usize::try_from(conn.pad_remaining).map_or(PAD_CHUNK, |left| left.min(PAD_CHUNK));
+            conn.pad_remaining -= chunk as u64;
+            self.enqueue(dest, Some(owner), &[zeros.get(..chunk).unwrap_or_default()]);
         }
         self.end_inbound(dest);
     }
