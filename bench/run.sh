@@ -24,11 +24,12 @@ REPEAT=${BENCH_REPEAT:-3}
 [[ "$REPEAT" =~ ^[1-9]$ ]] || { echo "BENCH_REPEAT must be 1 to 9" >&2; exit 2; }
 # Longest one tool run may take (the tool bounds itself; this is a backstop).
 RUN_TIMEOUT=120
-# Options every media and calls run gets (idle has no warmup). --drain 5
-# (default 2): in flat-out runs with many streams one turn of the tool's
-# loop can outlast 2 s, and frames still in flight when the drain ends are
-# counted as lost; the drain ends as soon as everything has arrived.
-COMMON=(--duration 5 --warmup 1 --drain 5 --quiet --json)
+# Options of every calls and media run (idle has no warmup). Media also gets
+# --drain 5 (default 2): in flat-out runs with many streams one turn of the
+# tool's loop can outlast 2 s, and frames still in flight when the drain
+# ends are counted as lost; the drain ends as soon as everything arrived.
+COMMON=(--duration 5 --warmup 1 --quiet --json)
+MEDIA=(--duration 5 --warmup 1 --drain 5 --quiet --json)
 IDLE_COMMON=(--duration 5 --quiet --json)
 
 # Other work may share this machine: each run records how much CPU the rest
@@ -126,15 +127,24 @@ wait_listening() { # PORT PID: wait (at most 10 s) until PORT listens on 127.0.0
     return 1
 }
 
-start_relay() { # extra relay options...: a fresh relay on a fresh port
+start_relay() { # extra relay options...: a fresh relay on a fresh port (3 tries: a port can be taken meanwhile)
     stop_relay
-    RELAY_PORT=$(free_ports 1)
-    local cmd=("${NICE[@]}" "$RELAY" --listen "127.0.0.1:$RELAY_PORT" "$@")
-    record "RUST_LOG=warn $(quote "${cmd[@]}") 2>>$OUT/relay.log & RELAY_PID=\$!"
-    RUST_LOG=warn "${cmd[@]}" 2>>"$OUT/relay.log" &
-    RELAY_PID=$!
-    wait_listening "$RELAY_PORT" "$RELAY_PID" || die "the relay did not start listening on 127.0.0.1:$RELAY_PORT (see $OUT/relay.log)"
-    say "relay pid $RELAY_PID on 127.0.0.1:$RELAY_PORT $*"
+    local try cmd
+    for try in 1 2 3; do
+        RELAY_PORT=$(free_ports 1)
+        cmd=("${NICE[@]}" "$RELAY" --listen "127.0.0.1:$RELAY_PORT" "$@")
+        record "RUST_LOG=warn $(quote "${cmd[@]}") 2>>$OUT/relay.log & RELAY_PID=\$!"
+        RUST_LOG=warn "${cmd[@]}" 2>>"$OUT/relay.log" &
+        RELAY_PID=$!
+        if wait_listening "$RELAY_PORT" "$RELAY_PID"; then
+            record "sleep 0.5 # run.sh waits until 127.0.0.1:$RELAY_PORT listens"
+            say "relay pid $RELAY_PID on 127.0.0.1:$RELAY_PORT $*"
+            return 0
+        fi
+        stop_pid "$RELAY_PID"
+        RELAY_PID=""
+    done
+    die "the relay did not start listening (3 tries; see $OUT/relay.log)"
 }
 
 stop_relay() {
@@ -207,6 +217,7 @@ start_haproxy() {
     "${cmd[@]}" 2>>"$OUT/haproxy.log" &
     HAPROXY_PID=$!
     wait_listening "$PIPE_PORT" "$HAPROXY_PID" || die "HAProxy did not start listening on 127.0.0.1:$PIPE_PORT (see $OUT/haproxy.log)"
+    record "sleep 0.5 # run.sh waits until 127.0.0.1:$PIPE_PORT listens"
     say "haproxy pid $HAPROXY_PID on 127.0.0.1:$PIPE_PORT -> 127.0.0.1:$SINK_PORT"
 }
 
@@ -240,6 +251,7 @@ fi
 
 # Both the relay and this tool hold one descriptor per connection (idle: 15 000).
 ulimit -n 20000 2>/dev/null || true
+record "ulimit -n $(ulimit -n)"
 
 # The machine, for the report.
 {
@@ -303,6 +315,7 @@ media_set() {
     shift 2
     start_relay
     for ((r = 1; r <= repeats; r++)); do
+        [[ -n "$RELAY_PID" ]] || start_relay # the last run's relay died
         run_load "$id-relay-r$r" relay "$@" --target relay --addr "127.0.0.1:$RELAY_PORT"
         if ((r == 1)); then
             run_load "$id-direct" none "$@" --target direct
@@ -314,15 +327,15 @@ media_set() {
 # 1 KiB frames flat out, 1 and 100 pairs, seed and framed (target a).
 for framing in seed framed; do
     for pairs in 1 100; do
-        media_set "flood1k-$framing-p$pairs" "$REPEAT" media --pairs "$pairs" --size 1024 --framing "$framing" "${COMMON[@]}"
+        media_set "flood1k-$framing-p$pairs" "$REPEAT" media --pairs "$pairs" --size 1024 --framing "$framing" "${MEDIA[@]}"
     done
 done
 
 # 160 B at 50 frames/s per stream, 1000 pairs: 50 000 audio frames/s (target b).
-media_set paced160-framed-p1000 "$REPEAT" media --pairs 1000 --size 160 --rate 50 --framing framed "${COMMON[@]}"
+media_set paced160-framed-p1000 "$REPEAT" media --pairs 1000 --size 160 --rate 50 --framing framed "${MEDIA[@]}"
 
 # 64 KiB frames flat out, 10 pairs: video-sized frames.
-media_set flood64k-framed-p10 1 media --pairs 10 --size 65536 --framing framed "${COMMON[@]}"
+media_set flood64k-framed-p10 1 media --pairs 10 --size 65536 --framing framed "${MEDIA[@]}"
 
 # Call set-up and tear-down rate.
 start_relay

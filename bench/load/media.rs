@@ -25,7 +25,7 @@ use crate::session::{self, Session};
 use crate::{Common, Outcome, Progress};
 
 /// Reads per socket per turn before the loop looks at the clock again.
-const READS_PER_TURN: usize = 32;
+const READS_PER_TURN: usize = 4;
 
 /// Where the frames go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,14 +170,37 @@ fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpS
                 Target::Direct => listener.local_addr()?,
                 _ => common.addr,
             };
+            listener.set_nonblocking(true)?;
             for _ in 0..options.pairs {
                 let a = std::net::TcpStream::connect_timeout(&connect_to, session::STEP_TIMEOUT)?;
-                let (b, _) = listener.accept()?;
+                let b = accept_within(&listener, session::STEP_TIMEOUT)?;
+                b.set_nonblocking(false)?;
                 pairs.push((a, b));
             }
         }
     }
     Ok(pairs)
+}
+
+/// Accepts one connection, failing after `timeout` (the pipe may never
+/// connect to the sink).
+fn accept_within(listener: &TcpListener, timeout: Duration) -> io::Result<std::net::TcpStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => return Ok(stream),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "nothing connected to the sink",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 fn into_endpoint(
@@ -471,11 +494,13 @@ impl<'a> Run<'a> {
             return 0;
         };
         // Stream ids are endpoint indexes; a pair's endpoints are 2i and 2i+1.
+        // What the receiver has seen up to (gaps count as seen), so frames
+        // dropped on the way do not shrink the window for good.
         let received = self
             .endpoints
             .get(index ^ 1)
             .and_then(|e| e.receiver.as_ref())
-            .map_or(0, |r| r.received);
+            .map_or(0, |r| r.next_sequence);
         let in_flight = sender.next_sequence.saturating_sub(received) * size;
         // At least one frame may always be in flight, whatever the window.
         let room = (self.options.window as u64).saturating_sub(in_flight) / size;
