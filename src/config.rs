@@ -211,6 +211,12 @@ fn options() -> Options {
     );
     opts.optopt(
         "",
+        "stall-timeout",
+        "close a sender whose FILE or media frame keeps other frames for its receiver waiting this long (default 5)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
         "metrics-listen",
         "serve Prometheus metrics on http://ADDR/metrics (default off)",
         "ADDR",
@@ -315,6 +321,7 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         &mut timeouts.stats_interval,
         true,
     )?;
+    read_secs(&matches, "stall-timeout", &mut config.timeouts.stall, false)?;
     if let Some(listen) = matches.opt_str("metrics-listen") {
         config.metrics_listen = Some(parse_addr(&listen)?);
     }

@@ -203,7 +203,9 @@ fn short_port_option_listens_on_every_interface() {
     // in between; then the relay cannot listen and we try another.
     for _attempt in 0..5 {
         let port = {
-            let probe = TcpListener::bind("127.0.0.1:0").expect("bind");
+            // 0.0.0.0: a port free on every address (sockets of other
+            // tests may hold a port on 127.0.0.2 that 127.0.0.1 leaves free).
+            let probe = TcpListener::bind("0.0.0.0:0").expect("bind");
             probe.local_addr().expect("address").port()
         };
         let port_text = port.to_string();

@@ -1129,6 +1129,23 @@ impl Server {
         debug!("{id} paused until {dest} drains");
     }
 
+    /// Lets `waiter` go on if it is paused on `dest`.
+    fn wake_one(&mut self, dest: ConnId, waiter: ConnId) {
+        let Some(conn) = self.conn_mut(dest) else {
+            return;
+        };
+        let Some(at) = conn.waiters.iter().position(|w| *w == waiter) else {
+            return;
+        };
+        conn.waiters.swap_remove(at);
+        if let Some(conn) = self.conn_mut(waiter)
+            && conn.paused_on == Some(dest)
+        {
+            conn.paused_on = None;
+            self.mark_ready(waiter);
+        }
+    }
+
     /// Lets the connections paused on `dest` go on.
     fn wake_waiters(&mut self, dest: ConnId) {
         let waiters = match self.conn_mut(dest) {
@@ -1185,7 +1202,13 @@ impl Server {
                 continue;
             };
             if conn.output.pending_len() < soft && !conn.waiters.is_empty() {
-                self.wake_waiters(id);
+                // While a cut-through frame is in progress only its sender
+                // waits for this queue to drain; the others wait for the
+                // frame to end (`end_inbound` wakes them).
+                match conn.inbound {
+                    None => self.wake_waiters(id),
+                    Some(owner) => self.wake_one(id, owner),
+                }
             }
             self.finish_if_done(id);
             self.update_interest(id);

@@ -841,3 +841,49 @@ impl Client {
         }
     }
 }
+
+// ----- helpers for the cut-through tests -------------------------------------
+
+impl Client {
+    /// Reads exactly the next `count` bytes (those already buffered first)
+    /// within `wait`, passing them to `check` piece by piece without keeping
+    /// them, with a 1 MiB read buffer: for frames of many MiB. Never reads
+    /// past `count`, so the bytes after them are still there for
+    /// [`Client::recv`].
+    #[track_caller]
+    pub fn stream_bytes(&mut self, count: u64, wait: Duration, mut check: impl FnMut(&[u8])) {
+        let deadline = Instant::now() + wait;
+        let buffered =
+            usize::try_from(count).map_or(self.buffer.len(), |count| count.min(self.buffer.len()));
+        if buffered > 0 {
+            check(&self.buffer[..buffered]);
+            self.buffer.drain(..buffered);
+        }
+        let mut left = count - buffered as u64;
+        let mut chunk = vec![0u8; 1024 * 1024];
+        while left > 0 {
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !time_left.is_zero(),
+                "timed out with {left} of {count} bytes still to come"
+            );
+            self.stream
+                .set_read_timeout(Some(time_left))
+                .expect("set read timeout");
+            let want = usize::try_from(left).map_or(chunk.len(), |left| left.min(chunk.len()));
+            match self.stream.read(&mut chunk[..want]) {
+                Ok(0) => panic!("connection closed with {left} of {count} bytes still to come"),
+                Ok(read) => {
+                    check(&chunk[..read]);
+                    left -= read as u64;
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(error) => panic!("read from the relay failed: {error}"),
+            }
+        }
+    }
+}
