@@ -35,45 +35,9 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts the relay with extra command-line arguments.
     pub fn start(args: &[&str]) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callrelay"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start callrelay");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (sender, lines) = channel();
-        let shared = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                shared.lock().expect("log lock").push(line.clone());
-                let _ = sender.send(line);
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        let addr = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .expect("relay printed its listening address");
-            if let Some(at) = line.find("listening on ") {
-                break line[at + "listening on ".len()..]
-                    .trim()
-                    .parse()
-                    .expect("listening address parses");
-            }
-        };
-        RelayProcess {
-            child,
-            addr,
-            log,
-            lines,
-        }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_callrelay"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        RelayProcess::spawn_command(command)
     }
 
     /// The relay's address.
