@@ -782,3 +782,38 @@ fn nothing_listening_exits_1_quickly() {
         }
     }
 }
+
+// `mixed` (the soak scenario) for a second: rounds complete without
+// errors, and after the clients leave the relay's gauges are back to zero.
+#[test]
+fn mixed_soak_round_trips_and_leaves_nothing_behind() {
+    let relay = RelayProcess::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let line = relay.expect_log(&["metrics on http://"]);
+    let metrics = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("metrics address in the log")
+        .to_owned();
+    let pid = relay.pid().to_string();
+    let run = run_at(
+        relay.addr(),
+        &[
+            "mixed",
+            "--pairs",
+            "2",
+            "--duration",
+            "1",
+            "--metrics",
+            &metrics,
+            "--server-pid",
+            &pid,
+        ],
+    );
+    let json = run.json();
+    assert_eq!(string(json, "mode"), "mixed", "{json}");
+    assert!(num(json, "rounds") > 0.0, "{json}");
+    assert_eq!(num(json, "errors"), 0.0, "{json}");
+    assert!(json.contains("\"leak_free\":true"), "{json}");
+    assert!(num(json, "rss_peak_kib") > 0.0, "{json}");
+}
