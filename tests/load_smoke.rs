@@ -725,7 +725,7 @@ fn help_exits_0_and_names_every_option() {
     for flag in ["--help", "-h"] {
         let run = run(&[flag]);
         assert_eq!(run.code, Some(0), "{run}");
-        for mode in ["media", "calls", "idle", "sink"] {
+        for mode in ["media", "calls", "idle", "mixed", "sink"] {
             assert!(run.stdout.contains(mode), "{flag} does not mention {mode}");
         }
         for option in [
@@ -739,6 +739,7 @@ fn help_exits_0_and_names_every_option() {
             "--rate",
             "--both",
             "--window",
+            "--metrics",
             "--framing",
             "--target",
             "--sink",
