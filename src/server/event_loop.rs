@@ -730,8 +730,9 @@ impl Server {
         {
             return None;
         }
-        // Without a frame in progress, a lone frame takes the generic path.
-        let min_frames = if continuing { 1 } else { 2 };
+        // Even a lone frame: one plain write of the bytes as received is
+        // cheaper than re-encoding its header for a two-part writev.
+        let min_frames = 1;
         let conn = self.conn_mut(id)?;
         let run = conn
             .parser
