@@ -1,0 +1,396 @@
+//! The poll loop: accept, read, parse, forward, write, time out, close.
+//!
+//! [`Server`] owns the mio `Poll`, the listener, a `Slab` of connections,
+//! the deadline heap and the [`Relay`]. It turns bytes into parser results,
+//! hands frames to the relay, applies the relay's [`Action`]s, and forwards
+//! media and file bodies from a sender's read buffer straight to the peer's
+//! socket. It knows frame boundaries and who is linked to whom, never why.
+//!
+//! One iteration: poll; note readiness (accepted sockets are queued and
+//! inserted only after the batch, so a slot is never reused within it);
+//! service the connections with input; fire due timers; flush output that
+//! frames were appended to; reap closed connections.
+//!
+//! This file holds the state and one turn of the loop; the work is split by
+//! what it is about: `admission` (accepting, limits), `input` (reading,
+//! parsing), `forwarding` (media and FILE bodies, held frames, pausing),
+//! `output` (server frames, flushing, relay actions), `timing`
+//! (deadlines), `operations` (signals, metrics) and `closing`.
+
+mod admission;
+mod closing;
+mod forwarding;
+mod input;
+mod operations;
+mod output;
+mod timing;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use super::buffer::BufferPool;
+use super::connection::{BodyTarget, ConnState, Connection, MediaLink, ReadOutcome};
+use super::metrics_http::{self, MetricsConn, Progress as HttpProgress, Request};
+use super::socket::{self, SocketResult};
+use super::timers::Timers;
+use crate::config::Config;
+use crate::ids::{ConnId, UserId};
+use crate::metrics::{self, Counters, Snapshot};
+use crate::protocol::frame::{ClientFrame, ServerFrame, encode_server};
+use crate::protocol::parser::{BodyKind, ParseContext, Parsed, ProtocolError};
+use crate::protocol::qdatastream::QString;
+use crate::protocol::{ErrorCode, Framing};
+use crate::relay::{Action, FileRoute, Relay, RelayTimer};
+
+/// The listener's token; connection tokens are slab slots.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// The metrics listener's token.
+const METRICS_LISTENER: Token = Token(usize::MAX - 2);
+/// The signal pipe's token.
+const SIGNALS: Token = Token(usize::MAX - 3);
+/// Metrics connections use tokens from here up (slot + base).
+const METRICS_BASE: usize = usize::MAX / 2;
+/// A metrics client must be done within this.
+const METRICS_DEADLINE: Duration = Duration::from_secs(10);
+/// Refused connections are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+/// Size of the read buffers lent to connections with input.
+const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// Free read buffers kept for reuse.
+const POOL_KEEP: usize = 32;
+/// Reads per connection per turn before others get theirs (fairness).
+const READS_PER_TURN: usize = 16;
+/// Pause before accepting again after accept failed (e.g. out of fds).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Zeros written at a time when padding a frame whose sender vanished.
+const PAD_CHUNK: usize = 16 * 1024;
+
+/// What a deadline is for.
+#[derive(Clone, Debug)]
+enum TimerKey {
+    /// The connection must have registered by now, or (once registered)
+    /// may have been idle too long. One deadline per connection at a time.
+    Liveness(ConnId),
+    /// A closing connection's socket is dropped now at the latest.
+    Linger(ConnId),
+    /// Try accepting again after an accept error.
+    AcceptRetry,
+    /// A metrics connection's deadline.
+    Metrics(usize),
+    /// Time for the stats log line.
+    Stats,
+    /// The graceful shutdown's deadline (wakes the loop).
+    ShutdownDeadline,
+    /// Frames for this connection have been held behind a cut-through
+    /// frame since the timer was armed.
+    Stall(ConnId, ConnId),
+    /// The relay's own timer.
+    Relay(RelayTimer),
+}
+
+/// Why a connection is being closed.
+#[derive(Clone, Debug)]
+enum CloseReason {
+    /// The peer closed or reset its socket, or the socket failed.
+    PeerClosed,
+    /// We close it with an ERROR frame.
+    Error(ErrorCode, String),
+}
+
+/// What to do after looking at a connection's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    /// All parsable input is handled: read more if the socket has some.
+    ReadMore,
+    /// Stop: the connection is paused, closing or gone.
+    Stop,
+}
+
+/// The relay server: one poll loop on one thread.
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    conns: Slab<Connection>,
+    next_generation: u32,
+    relay: Relay,
+    timers: Timers<TimerKey>,
+    pool: BufferPool,
+    max_input: usize,
+    accepted: Vec<(TcpStream, SocketAddr)>,
+    ready: VecDeque<ConnId>,
+    dirty: Vec<ConnId>,
+    reap: Vec<ConnId>,
+    closing_queue: Vec<(ConnId, CloseReason)>,
+    actions: Vec<Action>,
+    scratch: Vec<u8>,
+    counters: Counters,
+    now: Instant,
+    metrics_listener: Option<TcpListener>,
+    metrics_conns: Slab<MetricsConn>,
+    signals: Option<Signals>,
+    lifecycle: Lifecycle,
+    per_ip: HashMap<IpAddr, u32>,
+    unregistered: usize,
+    /// A file descriptor kept in reserve: when accept fails for lack of
+    /// descriptors, it is released to accept and close one connection, so
+    /// the pending connection does not keep waking the loop.
+    reserve_fd: Option<File>,
+    refusals: Refusals,
+    /// A connection whose held frames passed the soft limit during the
+    /// current input step: the sender of that input waits for it.
+    held_over: Option<ConnId>,
+}
+
+/// Whether the server runs or is shutting down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lifecycle {
+    /// Accepting and relaying.
+    Running,
+    /// A signal arrived: no accepting, connections closing; exit when all
+    /// are gone or at `deadline`.
+    Draining {
+        /// When the loop exits regardless.
+        deadline: Instant,
+    },
+}
+
+/// How the run ended.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// A signal was handled: calls ended, output flushed (or the shutdown
+    /// timeout passed).
+    Graceful,
+    /// A second signal arrived during the graceful shutdown.
+    Forced,
+}
+
+/// Connections refused since the last log line about them.
+#[derive(Default)]
+struct Refusals {
+    since_log: u64,
+    last_reason: &'static str,
+    last_log: Option<Instant>,
+}
+
+impl Server {
+    /// Binds the listener and prepares the loop.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(config.listen)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let local_addr = listener.local_addr()?;
+        let max_input = config.limits.max_whole_frame().max(READ_BUFFER_SIZE);
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let mut metrics = TcpListener::bind(addr)?;
+                poll.registry()
+                    .register(&mut metrics, METRICS_LISTENER, Interest::READABLE)?;
+                Some(metrics)
+            }
+            None => None,
+        };
+        let mut timers = Timers::default();
+        if !config.timeouts.stats_interval.is_zero() {
+            timers.arm(
+                Instant::now() + config.timeouts.stats_interval,
+                TimerKey::Stats,
+            );
+        }
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(1024),
+            listener,
+            local_addr,
+            relay: Relay::new(config.timeouts.ring, config.limits.max_user_id),
+            config,
+            conns: Slab::new(),
+            next_generation: 0,
+            timers,
+            pool: BufferPool::new(READ_BUFFER_SIZE, POOL_KEEP),
+            max_input,
+            accepted: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            reap: Vec::new(),
+            closing_queue: Vec::new(),
+            actions: Vec::new(),
+            scratch: Vec::new(),
+            counters: Counters::default(),
+            now: Instant::now(),
+            metrics_listener,
+            metrics_conns: Slab::new(),
+            signals: None,
+            lifecycle: Lifecycle::Running,
+            per_ip: HashMap::new(),
+            unregistered: 0,
+            reserve_fd: File::open("/dev/null").ok(),
+            refusals: Refusals::default(),
+            held_over: None,
+        })
+    }
+
+    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown,
+    /// a second ends the run at once. Call before [`Server::run`].
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    /// The address metrics are served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Server-side counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Runs the loop until a signal ends it (see [`Server::handle_signals`])
+    /// or polling itself fails.
+    pub fn run(&mut self) -> io::Result<Exit> {
+        info!("listening on {}", self.local_addr);
+        if let Some(addr) = self.metrics_addr() {
+            info!("metrics on http://{addr}/metrics");
+        }
+        loop {
+            if let Some(exit) = self.turn()? {
+                return Ok(exit);
+            }
+        }
+    }
+
+    /// One iteration of the loop; `Some` when the run is over.
+    pub fn turn(&mut self) -> io::Result<Option<Exit>> {
+        let timeout = if self.ready.is_empty() {
+            self.timers.poll_timeout(Instant::now())
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(error) = self.poll.poll(&mut self.events, timeout)
+            && error.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(error);
+        }
+        self.now = Instant::now();
+        let mut accept = false;
+        // Taken out for the batch so the handlers below may borrow `self`.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let mut signalled = false;
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => {
+                    accept = true;
+                    continue;
+                }
+                METRICS_LISTENER => {
+                    self.accept_metrics();
+                    continue;
+                }
+                SIGNALS => {
+                    signalled = true;
+                    continue;
+                }
+                Token(token) if token >= METRICS_BASE => {
+                    self.metrics_event(
+                        token - METRICS_BASE,
+                        event.is_readable(),
+                        event.is_writable(),
+                    );
+                    continue;
+                }
+                Token(_) => {}
+            }
+            let slot = event.token().0;
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            let id = conn.id;
+            if event.is_read_closed() || event.is_error() {
+                conn.read_closed = true;
+            }
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                conn.readable = true;
+                self.mark_ready(id);
+            }
+            if event.is_writable() || event.is_write_closed() {
+                self.mark_dirty(id);
+            }
+        }
+        self.events = events;
+        if signalled && let Some(exit) = self.on_signals() {
+            return Ok(Some(exit));
+        }
+        if accept && self.lifecycle == Lifecycle::Running {
+            self.accept_all();
+        }
+        self.insert_accepted();
+        self.service_ready();
+        self.fire_timers();
+        self.compact_timers();
+        self.flush_dirty();
+        self.reap_closed();
+        Ok(match self.lifecycle {
+            Lifecycle::Draining { deadline } if self.conns.is_empty() || self.now >= deadline => {
+                info!("shutdown complete ({} connections left)", self.conns.len());
+                Some(Exit::Graceful)
+            }
+            _ => None,
+        })
+    }
+
+    /// Queues a connection for input handling (once).
+    fn mark_ready(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id)
+            && !conn.queued_ready
+        {
+            conn.queued_ready = true;
+            self.ready.push_back(id);
+        }
+    }
+
+    /// Queues a connection for a flush before the next poll (once).
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id)
+            && !conn.queued_dirty
+        {
+            conn.queued_dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Connection> {
+        self.conns.get(id.index()).filter(|conn| conn.id == id)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+        self.conns.get_mut(id.index()).filter(|conn| conn.id == id)
+    }
+}

@@ -1,0 +1,157 @@
+//! Operations on the same loop: signals and the graceful shutdown, the
+//! metrics snapshot and its HTTP connections.
+
+use super::*;
+
+impl Server {
+    /// Reads pending signals: the first starts a graceful shutdown, a
+    /// second one forces the exit.
+    pub(super) fn on_signals(&mut self) -> Option<Exit> {
+        let count = self
+            .signals
+            .as_mut()
+            .map_or(0, |signals| signals.pending().count());
+        for _ in 0..count {
+            match self.lifecycle {
+                Lifecycle::Running => self.begin_shutdown(),
+                Lifecycle::Draining { .. } => {
+                    warn!("second signal: exiting at once");
+                    return Some(Exit::Forced);
+                }
+            }
+        }
+        None
+    }
+
+    /// Stops accepting, ends every call (CALL_END to both parties), and
+    /// closes every connection with ERROR `shutting_down` after its output.
+    pub(super) fn begin_shutdown(&mut self) {
+        let deadline = self.now + self.config.timeouts.shutdown;
+        info!(
+            "signal received: shutting down ({} connections, {} calls; at most {:?})",
+            self.conns.len(),
+            self.relay.live_calls(),
+            self.config.timeouts.shutdown
+        );
+        self.lifecycle = Lifecycle::Draining { deadline };
+        if let Err(error) = self.poll.registry().deregister(&mut self.listener) {
+            debug!("deregister listener: {error}");
+        }
+        self.relay.end_all(&mut self.actions);
+        self.apply_actions();
+        let ids: Vec<ConnId> = self.conns.iter().map(|(_, conn)| conn.id).collect();
+        for id in ids {
+            let detail = "the server is shutting down".to_owned();
+            self.begin_close(id, CloseReason::Error(ErrorCode::ShuttingDown, detail));
+        }
+        self.timers.arm(deadline, TimerKey::ShutdownDeadline);
+    }
+
+    /// The counters and gauges, read now.
+    pub(super) fn snapshot(&self) -> Snapshot<'_> {
+        let (calls_ringing, calls_active) = self.relay.call_counts();
+        let (mut paused, mut queued_bytes) = (0, 0);
+        for (_, conn) in &self.conns {
+            paused += usize::from(conn.paused_on.is_some());
+            queued_bytes += conn.output.len();
+        }
+        Snapshot {
+            counters: &self.counters,
+            relay: self.relay.stats(),
+            connections: self.conns.len(),
+            unregistered: self.unregistered,
+            registered: self.relay.online(),
+            calls_ringing,
+            calls_active,
+            paused,
+            queued_bytes,
+        }
+    }
+
+    pub(super) fn accept_metrics(&mut self) {
+        loop {
+            let Some(listener) = self.metrics_listener.as_ref() else {
+                return;
+            };
+            let (mut stream, _) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    if error.kind() != io::ErrorKind::WouldBlock {
+                        warn!("metrics accept failed: {error}");
+                    }
+                    return;
+                }
+            };
+            let entry = self.metrics_conns.vacant_entry();
+            let key = entry.key();
+            let token = Token(METRICS_BASE + key);
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let deadline = self.now + METRICS_DEADLINE;
+            entry.insert(MetricsConn::new(stream, deadline));
+            self.timers.arm(deadline, TimerKey::Metrics(key));
+        }
+    }
+
+    pub(super) fn metrics_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.metrics_conns.get_mut(key) else {
+            return;
+        };
+        let mut progress = if readable {
+            conn.on_readable()
+        } else {
+            HttpProgress::Wait
+        };
+        if writable && progress == HttpProgress::Wait {
+            progress = conn.on_writable();
+        }
+        if let HttpProgress::Answer(request) = progress {
+            let bytes = match request {
+                Request::Metrics => metrics_http::response(
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &metrics::render_prometheus(&self.snapshot()),
+                ),
+                Request::NotFound => {
+                    metrics_http::response("404 Not Found", "text/plain", "try /metrics\n")
+                }
+                Request::MethodNotAllowed => {
+                    metrics_http::response("405 Method Not Allowed", "text/plain", "GET only\n")
+                }
+                Request::Bad => {
+                    metrics_http::response("400 Bad Request", "text/plain", "bad request\n")
+                }
+            };
+            progress = match self.metrics_conns.get_mut(key) {
+                Some(conn) => conn.answer(bytes),
+                None => HttpProgress::Close,
+            };
+        }
+        if progress == HttpProgress::Close {
+            self.drop_metrics_conn(key);
+        }
+    }
+
+    pub(super) fn drop_metrics_conn(&mut self, key: usize) {
+        if self.metrics_conns.contains(key) {
+            let mut conn = self.metrics_conns.remove(key);
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+        }
+    }
+
+    pub(super) fn forget_address(&mut self, ip: IpAddr) {
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+}

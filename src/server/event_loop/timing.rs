@@ -1,0 +1,103 @@
+//! Deadlines: firing due timers (liveness, linger, stall, accept retry,
+//! stats, metrics, the relay's ring timers), compacting stale ones, and the
+//! idle check.
+
+use super::*;
+
+impl Server {
+    pub(super) fn fire_timers(&mut self) {
+        while let Some(key) = self.timers.pop_expired(self.now) {
+            match key {
+                TimerKey::Liveness(id) => match self.conn(id).map(|c| c.state) {
+                    Some(ConnState::AwaitingRegistration) => {
+                        let detail = "no registration within the registration timeout".to_owned();
+                        self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
+                    }
+                    Some(ConnState::Registered) => self.check_idle(id),
+                    Some(ConnState::Closing { .. }) | None => {}
+                },
+                TimerKey::Linger(id) => {
+                    if self.conn(id).is_some_and(Connection::is_closing) {
+                        self.reap.push(id);
+                    }
+                }
+                TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
+                TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
+                TimerKey::Stall(to, owner) => {
+                    let stall = self.config.timeouts.stall;
+                    let since = self
+                        .conn(to)
+                        .filter(|dst| dst.inbound == Some(owner) && dst.output.held_len() > 0)
+                        .and_then(|dst| dst.held_since);
+                    match since {
+                        Some(at) if self.now >= at + stall => {
+                            self.close_stalled_owner(to);
+                            self.close_queued();
+                        }
+                        Some(at) => self.timers.arm(at + stall, TimerKey::Stall(to, owner)),
+                        None => {}
+                    }
+                }
+                TimerKey::Metrics(key) => {
+                    if self
+                        .metrics_conns
+                        .get(key)
+                        .is_some_and(|c| c.deadline <= self.now)
+                    {
+                        self.drop_metrics_conn(key);
+                    }
+                }
+                TimerKey::Stats => {
+                    info!("{}", metrics::stats_line(&self.snapshot()));
+                    self.timers.arm(
+                        self.now + self.config.timeouts.stats_interval,
+                        TimerKey::Stats,
+                    );
+                }
+                TimerKey::Relay(timer) => {
+                    self.relay.on_timer(&timer, self.now, &mut self.actions);
+                }
+            }
+            self.apply_actions();
+            self.close_queued();
+        }
+    }
+
+    /// Drops stale deadlines once they clearly outnumber the live ones
+    /// (a liveness and a linger deadline per connection, one per call).
+    pub(super) fn compact_timers(&mut self) {
+        let live_bound = 2 * self.conns.len() + self.relay.live_calls() + 1024;
+        if self.timers.len() <= 2 * live_bound {
+            return;
+        }
+        let (conns, relay) = (&self.conns, &self.relay);
+        let alive = |id: &ConnId| conns.get(id.index()).is_some_and(|conn| conn.id == *id);
+        self.timers.retain(|key| match key {
+            TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
+            TimerKey::AcceptRetry | TimerKey::Stats | TimerKey::ShutdownDeadline => true,
+            TimerKey::Metrics(_) => true,
+            TimerKey::Stall(to, _) => alive(to),
+            TimerKey::Relay(timer) => relay.timer_is_live(timer),
+        });
+        debug!("timers compacted to {}", self.timers.len());
+    }
+
+    pub(super) fn check_idle(&mut self, id: ConnId) {
+        let idle = self.config.timeouts.idle;
+        let Some(conn) = self.conn(id).filter(|c| c.state == ConnState::Registered) else {
+            return;
+        };
+        // A connection the relay stopped reading (backpressure) is not idle.
+        let deadline = if conn.paused_on.is_some() {
+            self.now + idle
+        } else {
+            conn.last_input + idle
+        };
+        if self.now >= deadline {
+            let detail = format!("no input for {idle:?}");
+            self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
+        } else {
+            self.timers.arm(deadline, TimerKey::Liveness(id));
+        }
+    }
+}
