@@ -212,7 +212,7 @@ fn options() -> Options {
     opts.optopt(
         "",
         "stall-timeout",
-        "close a sender whose FILE or media frame keeps other frames for its receiver waiting this long (default 5)",
+        "while other frames wait behind a FILE or media frame, its sender must move 64 KiB per SECS or be closed (default 5)",
         "SECS",
     );
     opts.optopt(

@@ -121,8 +121,11 @@ pub struct Connection {
     pub inbound: Option<ConnId>,
     /// Zeros still owed to complete an inbound frame whose sender vanished.
     pub pad_remaining: u64,
-    /// Since when frames have been held behind the inbound frame.
+    /// Since when frames have been held behind the inbound frame (the
+    /// start of the current stall window).
     pub held_since: Option<Instant>,
+    /// Bytes the inbound frame's sender moved in the current stall window.
+    pub inbound_moved: u64,
     /// Connections paused until this one's output drains.
     pub waiters: Vec<ConnId>,
     /// Media frames to this connection dropped over the soft limit.
@@ -158,6 +161,7 @@ impl Connection {
             inbound: None,
             pad_remaining: 0,
             held_since: None,
+            inbound_moved: 0,
             waiters: Vec::new(),
             media_dropped: 0,
             queued_ready: false,

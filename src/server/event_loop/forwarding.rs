@@ -296,10 +296,14 @@ impl Server {
             .get(offset..offset + len)
             .unwrap_or_default();
         let parts = [header, payload];
+        if dst.inbound == Some(from) {
+            dst.inbound_moved += (header.len() + payload.len()) as u64;
+        }
         let total = header.len() + payload.len();
         if let Some(owner) = dst.inbound.filter(|owner| *owner != from) {
             if dst.output.held_len() == 0 {
                 dst.held_since = Some(self.now);
+                dst.inbound_moved = 0;
                 let at = self.now + self.config.timeouts.stall;
                 self.timers.arm(at, TimerKey::Stall(to, owner));
             }
@@ -364,6 +368,7 @@ impl Server {
         let now = self.now;
         if let Some(dst) = self.conn_mut(to) {
             dst.held_since = Some(now);
+            dst.inbound_moved = 0;
         }
         self.timers
             .arm(now + self.config.timeouts.stall, TimerKey::Stall(to, owner));

@@ -73,6 +73,9 @@ const POOL_KEEP: usize = 32;
 const READS_PER_TURN: usize = 16;
 /// Pause before accepting again after accept failed (e.g. out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Bytes a cut-through frame's sender must move per `--stall-timeout`
+/// window while other frames wait behind it.
+const STALL_MIN_PROGRESS: u64 = 64 * 1024;
 /// Zeros written at a time when padding a frame whose sender vanished.
 const PAD_CHUNK: usize = 16 * 1024;
 

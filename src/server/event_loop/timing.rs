@@ -23,21 +23,7 @@ impl Server {
                 }
                 TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
-                TimerKey::Stall(to, owner) => {
-                    let stall = self.config.timeouts.stall;
-                    let since = self
-                        .conn(to)
-                        .filter(|dst| dst.inbound == Some(owner) && dst.output.held_len() > 0)
-                        .and_then(|dst| dst.held_since);
-                    match since {
-                        Some(at) if self.now >= at + stall => {
-                            self.close_stalled_owner(to);
-                            self.close_queued();
-                        }
-                        Some(at) => self.timers.arm(at + stall, TimerKey::Stall(to, owner)),
-                        None => {}
-                    }
-                }
+                TimerKey::Stall(to, owner) => self.check_stall(to, owner),
                 TimerKey::Metrics(key) => {
                     if self
                         .metrics_conns
@@ -65,6 +51,35 @@ impl Server {
 
     /// Drops stale deadlines once they clearly outnumber the live ones
     /// (a liveness and a linger deadline per connection, one per call).
+    /// A stall window of frames held for `to` behind `owner`'s frame ended:
+    /// an owner that moved less than [`STALL_MIN_PROGRESS`] bytes in it (and
+    /// is not itself waiting for `to` to drain) is closed; otherwise a new
+    /// window starts. A large transfer going at any useful speed is never
+    /// cut; a trickle is.
+    fn check_stall(&mut self, to: ConnId, owner: ConnId) {
+        let stall = self.config.timeouts.stall;
+        let Some(dst) = self
+            .conn(to)
+            .filter(|dst| dst.inbound == Some(owner) && dst.output.held_len() > 0)
+        else {
+            return;
+        };
+        let (Some(since), moved) = (dst.held_since, dst.inbound_moved) else {
+            return;
+        };
+        if self.now < since + stall {
+            self.timers.arm(since + stall, TimerKey::Stall(to, owner));
+            return;
+        }
+        let waiting_for_receiver = self.conn(owner).is_some_and(|o| o.paused_on == Some(to));
+        if moved >= STALL_MIN_PROGRESS || waiting_for_receiver {
+            self.start_holding(to, owner);
+        } else {
+            self.close_stalled_owner(to);
+            self.close_queued();
+        }
+    }
+
     pub(super) fn compact_timers(&mut self) {
         let live_bound = 2 * self.conns.len() + self.relay.live_calls() + 1024;
         if self.timers.len() <= 2 * live_bound {
