@@ -481,3 +481,38 @@ fn trickled_file_sender_is_closed_after_a_half_second_stall_timeout() {
         Duration::from_millis(500),
     );
 }
+
+// ----- 6. a pause is only for the connection whose input held frames ------------
+
+// alice's FILE to bob is open and carol's texts held behind it have paused
+// carol. Then eve, bob's call partner, disconnects: the relay's CALL_END to
+// bob is held too, outside any client's input. That must not pause the next
+// connection whose input is handled (dave, who only sends a heartbeat).
+// Before the fix, dave was paused until alice's frame ended.
+#[test]
+fn a_frame_held_outside_any_input_pauses_nobody() {
+    let relay = RelayProcess::start(&[]);
+    let mut alice = relay.client("alice", LengthPrefixed);
+    let mut bob = relay.client("bob", LengthPrefixed);
+    let mut carol = relay.client("carol", LengthPrefixed);
+    let mut dave = relay.client("dave", LengthPrefixed);
+    let mut eve = relay.client("eve", LengthPrefixed);
+    accepted_call(&mut eve, &mut bob);
+    let declared = 10_000_000u32;
+    let mut start = file_header("bob", "f", declared);
+    start.extend_from_slice(&[b'x'; 10]);
+    alice.send_raw(&start);
+    let mut expected = file_header("alice", "f", declared);
+    expected.extend_from_slice(&[b'x'; 10]);
+    bob.expect_bytes(&expected);
+    for k in 0..5 {
+        carol.text("bob", &held_text(k));
+    }
+    expect_paused(&relay, &carol, &bob);
+    let eve_id = conn_id(&relay, &eve);
+    drop(eve);
+    relay.expect_log(&[&format!("{eve_id} (eve) closed by peer")]);
+    dave.send_heartbeat(false);
+    dave.expect_bytes(&[0, 0, 0, 1, 7]);
+    dave.barrier();
+}

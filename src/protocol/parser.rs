@@ -93,7 +93,8 @@ pub struct MediaRun {
     pub frames: u64,
     /// Bytes of the run, prefixes included.
     pub len: usize,
-    /// Payload bytes in the run.
+    /// Payload bytes of the frames that start in the run (whole frames,
+    /// like the generic path counts them).
     pub payload: u64,
     /// The run ends inside a frame it started (its body follows).
     pub started: bool,
@@ -296,9 +297,9 @@ impl FrameParser {
             Some(_) => return None,
         };
         if body_left > 0 {
+            // The frame in progress was counted when it started.
             let take = body_left.min(input.len() as u64);
             at += take as usize;
-            run.payload += take;
             body_left -= take;
             if body_left > 0 {
                 return None;
@@ -320,7 +321,7 @@ impl FrameParser {
                 run.frames += 1;
             } else {
                 at += in_hand as usize;
-                run.payload += in_hand;
+                run.payload += payload;
                 body_left = payload - in_hand;
                 run.frames += 1;
                 run.started = true;

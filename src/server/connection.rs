@@ -126,6 +126,8 @@ pub struct Connection {
     pub held_since: Option<Instant>,
     /// Bytes the inbound frame's sender moved in the current stall window.
     pub inbound_moved: u64,
+    /// A stall timer for this receiver is pending.
+    pub stall_armed: bool,
     /// Connections paused until this one's output drains.
     pub waiters: Vec<ConnId>,
     /// Media frames to this connection dropped over the soft limit.
@@ -162,6 +164,7 @@ impl Connection {
             pad_remaining: 0,
             held_since: None,
             inbound_moved: 0,
+            stall_armed: false,
             waiters: Vec::new(),
             media_dropped: 0,
             queued_ready: false,

@@ -147,6 +147,7 @@ impl Server {
             if self.conn(id).is_none() {
                 continue;
             }
+            self.wake_waiters(id);
             let mut conn = self.conns.remove(id.index());
             if let Err(error) = self.poll.registry().deregister(&mut conn.socket) {
                 debug!("{id}: deregister: {error}");

@@ -300,15 +300,13 @@ impl Server {
             dst.inbound_moved += (header.len() + payload.len()) as u64;
         }
         let total = header.len() + payload.len();
-        if let Some(owner) = dst.inbound.filter(|owner| *owner != from) {
-            if dst.output.held_len() == 0 {
-                dst.held_since = Some(self.now);
-                dst.inbound_moved = 0;
-                let at = self.now + self.config.timeouts.stall;
-                self.timers.arm(at, TimerKey::Stall(to, owner));
-            }
+        if dst.inbound.is_some_and(|owner| owner != from) {
+            let first_held = dst.output.held_len() == 0;
             dst.output.hold(&parts);
             self.counters.bytes_queued += total as u64;
+            if first_held {
+                self.start_holding(to);
+            }
             self.check_stalled_inbound(to);
         } else if dst.output.is_empty() {
             let (written, result) = socket::write_all_vectored(&mut dst.socket, &parts);
@@ -343,10 +341,8 @@ impl Server {
         let total: usize = parts.iter().map(|part| part.len()).sum();
         let held = dst.inbound.is_some() && dst.inbound != from;
         if held {
-            if dst.output.held_len() == 0
-                && let Some(owner) = dst.inbound
-            {
-                self.start_holding(to, owner);
+            if dst.output.held_len() == 0 {
+                self.start_holding(to);
             }
             let Some(dst) = self.conn_mut(to) else {
                 return;
@@ -364,14 +360,18 @@ impl Server {
 
     /// Frames start waiting for `to` behind `owner`'s cut-through frame:
     /// they may wait `--stall-timeout` at most.
-    pub(super) fn start_holding(&mut self, to: ConnId, owner: ConnId) {
-        let now = self.now;
-        if let Some(dst) = self.conn_mut(to) {
-            dst.held_since = Some(now);
-            dst.inbound_moved = 0;
+    pub(super) fn start_holding(&mut self, to: ConnId) {
+        let (now, stall) = (self.now, self.config.timeouts.stall);
+        let Some(dst) = self.conn_mut(to) else {
+            return;
+        };
+        dst.held_since = Some(now);
+        dst.inbound_moved = 0;
+        // One stall timer per receiver at a time: `check_stall` re-arms it.
+        if !dst.stall_armed {
+            dst.stall_armed = true;
+            self.timers.arm(now + stall, TimerKey::Stall(to));
         }
-        self.timers
-            .arm(now + self.config.timeouts.stall, TimerKey::Stall(to, owner));
     }
 
     /// Frames are held for `to` behind a cut-through frame. Past the soft
@@ -429,6 +429,11 @@ impl Server {
 
     /// Stops reading `id` until `dest`'s output drains.
     pub(super) fn pause(&mut self, id: ConnId, dest: ConnId) {
+        if self.conn(dest).is_none_or(|d| d.is_closing()) {
+            // Nothing to wait for: the caller stops, so come back at once.
+            self.mark_ready(id);
+            return;
+        }
         if let Some(conn) = self.conn_mut(id) {
             conn.paused_on = Some(dest);
         }

@@ -72,10 +72,18 @@ impl Server {
     /// Handles the parsable input in the connection's buffer.
     pub(super) fn drain_input(&mut self, id: ConnId) -> Flow {
         loop {
+            // Only this connection's own input may set it during the step.
+            self.held_over = None;
             let flow = self.step(id);
             self.apply_actions();
             self.close_queued();
-            if let Some(to) = self.held_over.take().filter(|to| *to != id) {
+            let held_for = self.held_over.take().filter(|to| {
+                *to != id
+                    && self
+                        .conn(*to)
+                        .is_some_and(|c| !c.is_closing() && c.inbound.is_some())
+            });
+            if let Some(to) = held_for {
                 self.pause(id, to);
                 return Flow::Stop;
             }

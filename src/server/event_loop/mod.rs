@@ -95,9 +95,8 @@ enum TimerKey {
     Stats,
     /// The graceful shutdown's deadline (wakes the loop).
     ShutdownDeadline,
-    /// Frames for this connection have been held behind a cut-through
-    /// frame since the timer was armed.
-    Stall(ConnId, ConnId),
+    /// The stall window of frames held for this connection ends.
+    Stall(ConnId),
     /// The relay's own timer.
     Relay(RelayTimer),
 }

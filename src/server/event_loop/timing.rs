@@ -23,7 +23,7 @@ impl Server {
                 }
                 TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
-                TimerKey::Stall(to, owner) => self.check_stall(to, owner),
+                TimerKey::Stall(to) => self.check_stall(to),
                 TimerKey::Metrics(key) => {
                     if self
                         .metrics_conns
@@ -49,37 +49,40 @@ impl Server {
         }
     }
 
-    /// Drops stale deadlines once they clearly outnumber the live ones
-    /// (a liveness and a linger deadline per connection, one per call).
-    /// A stall window of frames held for `to` behind `owner`'s frame ended:
-    /// an owner that moved less than [`STALL_MIN_PROGRESS`] bytes in it (and
-    /// is not itself waiting for `to` to drain) is closed; otherwise a new
-    /// window starts. A large transfer going at any useful speed is never
-    /// cut; a trickle is.
-    fn check_stall(&mut self, to: ConnId, owner: ConnId) {
-        let stall = self.config.timeouts.stall;
-        let Some(dst) = self
-            .conn(to)
-            .filter(|dst| dst.inbound == Some(owner) && dst.output.held_len() > 0)
-        else {
+    /// A stall window of frames held for `to` ended: the sender of the
+    /// frame in progress, if it moved less than [`STALL_MIN_PROGRESS`] bytes
+    /// in it (and is not itself waiting for `to` to drain), is closed;
+    /// otherwise a new window starts. A large transfer going at any useful
+    /// speed is never cut; a trickle is.
+    fn check_stall(&mut self, to: ConnId) {
+        let (now, stall) = (self.now, self.config.timeouts.stall);
+        let Some(dst) = self.conn_mut(to) else {
             return;
         };
-        let (Some(since), moved) = (dst.held_since, dst.inbound_moved) else {
+        dst.stall_armed = false;
+        let (Some(owner), Some(since)) = (dst.inbound, dst.held_since) else {
             return;
         };
-        if self.now < since + stall {
-            self.timers.arm(since + stall, TimerKey::Stall(to, owner));
+        if dst.output.held_len() == 0 {
             return;
         }
+        if now < since + stall {
+            dst.stall_armed = true;
+            self.timers.arm(since + stall, TimerKey::Stall(to));
+            return;
+        }
+        let moved = dst.inbound_moved;
         let waiting_for_receiver = self.conn(owner).is_some_and(|o| o.paused_on == Some(to));
         if moved >= STALL_MIN_PROGRESS || waiting_for_receiver {
-            self.start_holding(to, owner);
+            self.start_holding(to);
         } else {
             self.close_stalled_owner(to);
             self.close_queued();
         }
     }
 
+    /// Drops stale deadlines once they clearly outnumber the live ones
+    /// (a liveness and a linger deadline per connection, one per call).
     pub(super) fn compact_timers(&mut self) {
         let live_bound = 2 * self.conns.len() + self.relay.live_calls() + 1024;
         if self.timers.len() <= 2 * live_bound {
@@ -91,7 +94,7 @@ impl Server {
             TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
             TimerKey::AcceptRetry | TimerKey::Stats | TimerKey::ShutdownDeadline => true,
             TimerKey::Metrics(_) => true,
-            TimerKey::Stall(to, _) => alive(to),
+            TimerKey::Stall(to) => alive(to),
             TimerKey::Relay(timer) => relay.timer_is_live(timer),
         });
         debug!("timers compacted to {}", self.timers.len());
