@@ -87,7 +87,6 @@ struct Receiver {
     parser: MediaStream,
     expected_from: u32,
     next_sequence: u64,
-    received: u64,
 }
 
 /// One socket of the run.
@@ -234,7 +233,6 @@ fn new_receiver(options: &MediaOptions, from: u32) -> Receiver {
         parser: MediaStream::new(options.framing, options.size),
         expected_from: from,
         next_sequence: 0,
-        received: 0,
     }
 }
 
@@ -587,9 +585,7 @@ impl<'a> Run<'a> {
                 continue;
             };
             let (expected_from, next) = (receiver.expected_from, &mut receiver.next_sequence);
-            let received = &mut receiver.received;
             let fed = receiver.parser.feed(&self.read_buffer[..count], |frame| {
-                *received += 1;
                 if frame.stream != expected_from {
                     tally.errors += 1;
                     return;

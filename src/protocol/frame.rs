@@ -426,12 +426,12 @@ pub fn decode_server(
     framing: Framing,
 ) -> Result<(ServerMessage, usize), DecodeError> {
     match framing {
-        Framing::Seed => decode_server_body(input, true),
+        Framing::Seed => decode_server_body(input),
         Framing::LengthPrefixed => {
             let mut cursor = Cursor::new(input);
             let length = cursor.u32()? as usize;
             let body = cursor.bytes(length)?;
-            let (message, used) = decode_server_body(body, true)?;
+            let (message, used) = decode_server_body(body)?;
             if used != body.len() {
                 return Err(DecodeError::Malformed);
             }
@@ -440,10 +440,7 @@ pub fn decode_server(
     }
 }
 
-fn decode_server_body(
-    input: &[u8],
-    media_takes_rest: bool,
-) -> Result<(ServerMessage, usize), DecodeError> {
+fn decode_server_body(input: &[u8]) -> Result<(ServerMessage, usize), DecodeError> {
     const ANY: usize = usize::MAX;
     let mut cursor = Cursor::new(input);
     let kind = cursor.u8()?;
@@ -475,7 +472,7 @@ fn decode_server_body(
         5 => ServerMessage::CallEnd {
             call_id: strict(cursor.qstring(ANY)?)?,
         },
-        6 if media_takes_rest => ServerMessage::Media {
+        6 => ServerMessage::Media {
             payload: cursor.bytes(cursor.remaining())?.to_vec(),
         },
         7 => ServerMessage::Heartbeat,

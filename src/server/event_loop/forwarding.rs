@@ -304,10 +304,7 @@ impl Server {
             let first_held = dst.output.held_len() == 0;
             dst.output.hold(&parts);
             self.counters.bytes_queued += total as u64;
-            if first_held {
-                self.start_holding(to);
-            }
-            self.check_stalled_inbound(to);
+            self.after_hold(to, first_held);
         } else if dst.output.is_empty() {
             let (written, result) = socket::write_all_vectored(&mut dst.socket, &parts);
             self.counters.bytes_zero_copy += written as u64;
@@ -335,27 +332,28 @@ impl Server {
     /// (`from` is its sender). Server-built frames have no sender (`None`),
     /// so they are always held then, even for a FILE a user sends itself.
     pub(super) fn enqueue(&mut self, to: ConnId, from: Option<ConnId>, parts: &[&[u8]]) {
+        let total: usize = parts.iter().map(|part| part.len()).sum();
         let Some(dst) = self.conn_mut(to) else {
             return;
         };
-        let total: usize = parts.iter().map(|part| part.len()).sum();
-        let held = dst.inbound.is_some() && dst.inbound != from;
-        if held {
-            if dst.output.held_len() == 0 {
-                self.start_holding(to);
-            }
-            let Some(dst) = self.conn_mut(to) else {
-                return;
-            };
+        if dst.inbound.is_some() && dst.inbound != from {
+            let first_held = dst.output.held_len() == 0;
             dst.output.hold(parts);
+            self.after_hold(to, first_held);
         } else {
             dst.output.push(parts);
         }
         self.counters.bytes_queued += total as u64;
-        if held {
-            self.check_stalled_inbound(to);
-        }
         self.after_output(to);
+    }
+
+    /// Frames were just held for `to`: the first opens a stall window, and
+    /// past the soft limit the sender of the input that produced them waits.
+    fn after_hold(&mut self, to: ConnId, first_held: bool) {
+        if first_held {
+            self.start_holding(to);
+        }
+        self.check_stalled_inbound(to);
     }
 
     /// Frames start waiting for `to` behind `owner`'s cut-through frame:
