@@ -51,14 +51,22 @@ pub enum UserIdError {
     ControlCharacter,
 }
 
-impl fmt::Display for UserIdError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl UserIdError {
+    /// What was wrong, for the log and the ERROR detail (the one text of
+    /// each error, wherever the id came from).
+    pub fn text(&self) -> &'static str {
+        match self {
             UserIdError::Empty => "empty user id",
             UserIdError::TooLong => "user id too long",
-            UserIdError::BadEncoding => "user id is not valid Unicode text",
+            UserIdError::BadEncoding => "user id is not valid UTF-8 or UTF-16",
             UserIdError::ControlCharacter => "user id contains a control character",
-        })
+        }
+    }
+}
+
+impl fmt::Display for UserIdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
     }
 }
 

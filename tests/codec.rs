@@ -170,6 +170,7 @@ fn client_messages_parse_to_the_frames_they_encode() {
             limits: &limits,
             user_id: b"alice",
             seed_phase: SeedPhase::Normal,
+            media_runs: false,
         };
         let Ok(Parsed::Frame { frame, consumed }) = parser.parse(&input, &context) else {
             panic!("registration parses");
@@ -337,6 +338,7 @@ fn drive(chunks: &[&[u8]]) -> Vec<Event> {
                 limits: &limits,
                 user_id: &user_id,
                 seed_phase: SeedPhase::Normal,
+                media_runs: false,
             };
             let parsed = match parser.parse(&buffer, &context) {
                 Ok(parsed) => parsed,
@@ -387,6 +389,7 @@ fn drive(chunks: &[&[u8]]) -> Vec<Event> {
                     len
                 }
                 Parsed::Stale { consumed } => consumed,
+                Parsed::MediaRun(_) => unreachable!("runs are off in this context"),
             };
             buffer.drain(..consumed);
         }
@@ -552,6 +555,7 @@ fn every_strict_prefix_of_every_frame_needs_more() {
                     limits: &limits,
                     user_id: b"alice",
                     seed_phase: SeedPhase::Normal,
+                    media_runs: false,
                 };
                 assert!(matches!(
                     parser.parse(&registration, &context),
@@ -567,26 +571,24 @@ fn every_strict_prefix_of_every_frame_needs_more() {
     }
 }
 
-/// Forwards framed media the way the server does: pass-through where it
-/// applies, the generic parser elsewhere; returns the bytes a framed
-/// receiver would get.
-fn forward_framed_media(chunks: &[&[u8]], min_frames: u64) -> Vec<u8> {
+/// Forwards framed media the way the server does: runs where the receiver
+/// takes them (`runs`, cycled through one parse step at a time, says when),
+/// the generic pieces elsewhere; returns the bytes a framed receiver would
+/// get.
+fn forward_framed_media(chunks: &[&[u8]], runs: &[bool]) -> Vec<u8> {
     let limits = Limits::default();
     let mut parser = FrameParser::new();
     let mut buffer: Vec<u8> = Vec::new();
     let mut out = Vec::new();
+    let mut runs = runs.iter().copied().cycle();
     for chunk in chunks {
         buffer.extend_from_slice(chunk);
         loop {
-            if let Some(run) = parser.media_passthrough(&buffer, &limits, min_frames) {
-                out.extend_from_slice(&buffer[..run.len]);
-                buffer.drain(..run.len);
-                continue;
-            }
             let context = ParseContext {
                 limits: &limits,
                 user_id: b"alice",
                 seed_phase: SeedPhase::Normal,
+                media_runs: runs.next().unwrap_or(true),
             };
             let consumed = match parser.parse(&buffer, &context).expect("valid media") {
                 Parsed::NeedMore => break,
@@ -602,6 +604,10 @@ fn forward_framed_media(chunks: &[&[u8]], min_frames: u64) -> Vec<u8> {
                     len
                 }
                 Parsed::Stale { consumed } => consumed,
+                Parsed::MediaRun(run) => {
+                    out.extend_from_slice(&buffer[..run.len]);
+                    run.len
+                }
             };
             buffer.drain(..consumed);
         }
@@ -616,7 +622,7 @@ proptest! {
     fn media_passthrough_forwards_every_byte_exactly_once(
         payloads in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..20),
         cuts in proptest::collection::vec(any::<usize>(), 0..30),
-        min_frames in 1u64..3,
+        runs in proptest::collection::vec(any::<bool>(), 1..6),
     ) {
         let registration = client_bytes(&ClientMessage::Register { kind: 7, user: "alice".into() }, Framing::LengthPrefixed);
         let mut media = Vec::new();
@@ -625,7 +631,7 @@ proptest! {
         }
         let mut input = registration.clone();
         input.extend_from_slice(&media);
-        let forwarded = forward_framed_media(&split_at(&input, &cuts), min_frames);
+        let forwarded = forward_framed_media(&split_at(&input, &cuts), &runs);
         prop_assert_eq!(forwarded, media);
     }
 }

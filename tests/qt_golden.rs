@@ -291,6 +291,7 @@ fn our_parser_reads_every_qt_client_message() {
             limits: &limits,
             user_id: b"alice",
             seed_phase: SeedPhase::Normal,
+            media_runs: false,
         };
         let registration = &golden[&format!("client.register.{suffix}")];
         assert!(

@@ -1,14 +1,16 @@
 //! The per-connection incremental parser of client input (PROTOCOL.md
 //! sections 3, 4 and 7).
 //!
-//! [`FrameParser::parse`] looks at the unconsumed bytes of a connection's
+//! [`FrameParser::peek`] looks at the unconsumed bytes of a connection's
 //! read buffer and says what the next piece is ([`Parsed`]): a complete
 //! frame, the start of a media frame, a chunk of a streamed body (FILE data
-//! or a long length-prefixed media payload), stale bytes to drop, or that it
-//! needs more bytes. The caller consumes exactly the bytes reported. On
-//! `NeedMore` nothing changes, so the caller may call again with a longer
-//! slice. Every claimed length is checked against [`Limits`] before the
-//! parser waits for it, and nothing is allocated here.
+//! or a long length-prefixed media payload), a run of length-prefixed media
+//! that may pass through unchanged, stale bytes to drop, or that it needs
+//! more bytes. Peeking changes nothing: with the piece comes an [`Advance`]
+//! (the bytes it takes and the parser state after it), which the caller
+//! hands to [`FrameParser::commit`] once it has acted on the piece, or drops
+//! if it decides to wait. Every claimed length is checked against [`Limits`]
+//! before the parser waits for it, and nothing is allocated here.
 //!
 //! What the parser needs to know about the connection's call (the seed
 //! continuation rule) arrives as plain bytes in [`SeedPhase`]; it knows
@@ -83,10 +85,15 @@ pub enum Parsed<'a> {
         /// Bytes to drop.
         consumed: usize,
     },
+    /// Length-prefixed media that a length-prefixed receiver must get
+    /// exactly as it arrived: the rest of the media frame in progress,
+    /// complete media frames, and the start of one more. Only offered when
+    /// [`ParseContext::media_runs`] says the receiver takes runs.
+    MediaRun(MediaRun),
 }
 
-/// Bytes of length-prefixed media that may pass through unchanged (see
-/// [`FrameParser::media_passthrough`]).
+/// Bytes of length-prefixed media that may pass through unchanged
+/// ([`Parsed::MediaRun`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MediaRun {
     /// Frames that start in the run (the last may be incomplete).
@@ -96,8 +103,27 @@ pub struct MediaRun {
     /// Payload bytes of the frames that start in the run (whole frames,
     /// like the generic path counts them).
     pub payload: u64,
-    /// The run ends inside a frame it started (its body follows).
-    pub started: bool,
+    /// Payload bytes of the run's last frame still to come (0 when the run
+    /// ends at a frame boundary).
+    pub rest: u64,
+}
+
+/// What committing a peeked piece does: the bytes it takes and the parser
+/// state after it. Plain data, so the caller may act on the piece (and
+/// borrow its connection mutably) before committing.
+#[must_use = "an Advance does nothing until it is committed"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advance {
+    consumed: usize,
+    body: Option<BodyInProgress>,
+    registered: bool,
+}
+
+impl Advance {
+    /// Input bytes the piece takes.
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
 }
 
 /// Which kind of streamed body a [`Parsed::Body`] belongs to.
@@ -137,6 +163,10 @@ pub struct ParseContext<'a> {
     pub user_id: &'a [u8],
     /// The seed media phase.
     pub seed_phase: SeedPhase<'a>,
+    /// The receiver of this connection's media takes length-prefixed runs
+    /// as they arrived ([`Parsed::MediaRun`]); otherwise media comes one
+    /// piece at a time.
+    pub media_runs: bool,
 }
 
 /// A body being streamed.
@@ -211,6 +241,19 @@ impl FrameParser {
         self.framing
     }
 
+    /// Chooses the framing from the first three bytes, once (PROTOCOL.md
+    /// section 3). `None` until three bytes have arrived.
+    pub fn choose_framing(&mut self, input: &[u8]) -> Option<Framing> {
+        if self.framing.is_none() {
+            self.framing = match input.get(..3) {
+                None => None,
+                Some([0, 0, 0]) => Some(Framing::LengthPrefixed),
+                Some(_) => Some(Framing::Seed),
+            };
+        }
+        self.framing
+    }
+
     /// True while a FILE or media body is being streamed.
     pub fn in_body(&self) -> bool {
         self.body.is_some()
@@ -226,267 +269,303 @@ impl FrameParser {
         self.body.map_or(0, |body| body.remaining)
     }
 
-    /// Parses the next piece of `input` (the unconsumed bytes). The caller
-    /// must consume exactly the bytes the result reports before calling again.
+    /// Says what the next piece of `input` (the unconsumed bytes) is,
+    /// changing nothing. Commit the returned [`Advance`] once the piece is
+    /// handled; a piece that is not committed is offered again.
+    pub fn peek<'a>(
+        &self,
+        input: &'a [u8],
+        context: &ParseContext<'_>,
+    ) -> Result<(Parsed<'a>, Advance), ProtocolError> {
+        let parsed = match self.peek_piece(input, context) {
+            Ok(parsed) => parsed,
+            Err(Fail::NeedMore) => Parsed::NeedMore,
+            Err(Fail::Bad(error)) => return Err(error),
+        };
+        Ok((parsed, self.advance_for(&parsed)))
+    }
+
+    /// Moves past a peeked piece.
+    pub fn commit(&mut self, advance: Advance) {
+        self.body = advance.body;
+        self.registered |= advance.registered;
+    }
+
+    /// Chooses the framing, peeks and commits in one call (for callers that
+    /// always act on every piece: tests, fuzzing, the load tool).
     pub fn parse<'a>(
         &mut self,
         input: &'a [u8],
         context: &ParseContext<'_>,
     ) -> Result<Parsed<'a>, ProtocolError> {
-        if let Some(body) = self.body {
-            return Ok(self.continue_body(body, input.len()));
-        }
-        let framing = match self.framing {
-            Some(framing) => framing,
-            None => match input.get(..3) {
-                None => return Ok(Parsed::NeedMore),
-                Some([0, 0, 0]) => *self.framing.insert(Framing::LengthPrefixed),
-                Some(_) => *self.framing.insert(Framing::Seed),
-            },
+        self.choose_framing(input);
+        let (parsed, advance) = self.peek(input, context)?;
+        self.commit(advance);
+        Ok(parsed)
+    }
+
+    fn peek_piece<'a>(
+        &self,
+        input: &'a [u8],
+        context: &ParseContext<'_>,
+    ) -> Result<Parsed<'a>, Fail> {
+        let Some(framing) = self.framing else {
+            return Err(Fail::NeedMore);
         };
-        let result = match (framing, self.registered) {
+        if framing == Framing::LengthPrefixed
+            && self.registered
+            && context.media_runs
+            && let Some(run) = self.media_run(input, context.limits)
+        {
+            return Ok(Parsed::MediaRun(run));
+        }
+        if let Some(body) = self.body {
+            return Ok(continue_body(body, input.len()));
+        }
+        match (framing, self.registered) {
             (Framing::Seed, false) => parse_seed_registration(input, context.limits),
             (Framing::LengthPrefixed, false) => parse_framed_registration(input, context.limits),
-            (Framing::Seed, true) => self.parse_seed(input, context),
-            (Framing::LengthPrefixed, true) => self.parse_framed(input, context),
-        };
-        match result {
-            Ok(parsed) => {
-                if matches!(
-                    parsed,
-                    Parsed::Frame {
-                        frame: ClientFrame::Register { .. },
-                        ..
-                    }
-                ) {
-                    self.registered = true;
-                }
-                Ok(parsed)
-            }
-            Err(Fail::NeedMore) => Ok(Parsed::NeedMore),
-            Err(Fail::Bad(error)) => Err(error),
+            (Framing::Seed, true) => parse_seed(input, context),
+            (Framing::LengthPrefixed, true) => parse_framed(input, context),
         }
     }
 
-    /// Media pass-through for a registered length-prefixed connection: the
-    /// longest prefix of `input` made of the rest of the media frame in
-    /// progress, complete media frames, and the start of one more media
-    /// frame (its header in hand). Such bytes are exactly what a
-    /// length-prefixed receiver must get, so the server forwards them with
-    /// one write. The parser state moves past them (into the body of the
-    /// last frame if it is incomplete). Nothing is consumed, and `None` is
-    /// returned, unless at least `min_frames` frame boundaries are crossed,
-    /// or a FILE body is in progress: the generic path handles those.
-    pub fn media_passthrough(
-        &mut self,
-        input: &[u8],
-        limits: &Limits,
-        min_frames: u64,
-    ) -> Option<MediaRun> {
-        if self.framing != Some(Framing::LengthPrefixed) || !self.registered {
-            return None;
+    /// The parser state after `parsed` (see [`Advance`]).
+    fn advance_for(&self, parsed: &Parsed<'_>) -> Advance {
+        let mut advance = Advance {
+            consumed: 0,
+            body: self.body,
+            registered: false,
+        };
+        match *parsed {
+            Parsed::NeedMore => {}
+            Parsed::Frame { frame, consumed } => {
+                advance.consumed = consumed;
+                match frame {
+                    ClientFrame::Register { .. } => advance.registered = true,
+                    ClientFrame::FileStart { data, .. } => {
+                        advance.body = body(BodyKind::File, u64::from(data.len));
+                    }
+                    _ => {}
+                }
+            }
+            Parsed::Media {
+                header,
+                payload_len,
+                in_hand,
+            } => {
+                advance.consumed = header + in_hand;
+                let rest = u64::from(payload_len).saturating_sub(in_hand as u64);
+                advance.body = body(BodyKind::Media, rest);
+            }
+            Parsed::Body { kind, len, last } => {
+                advance.consumed = len;
+                let remaining = self.body_remaining().saturating_sub(len as u64);
+                advance.body = if last { None } else { body(kind, remaining) };
+            }
+            Parsed::Stale { consumed } => advance.consumed = consumed,
+            Parsed::MediaRun(run) => {
+                advance.consumed = run.len;
+                advance.body = body(BodyKind::Media, run.rest);
+            }
         }
+        advance
+    }
+
+    /// The longest prefix of `input` made of the rest of the media frame in
+    /// progress, complete media frames, and the start of one more media
+    /// frame (its header in hand). `None` if that is nothing, or a FILE body
+    /// is in progress. Frame headers go through [`framed_header`] and
+    /// [`media_payload_len`], as in [`parse_framed`]: a header either path
+    /// would refuse ends the run, and the next peek reports it.
+    fn media_run(&self, input: &[u8], limits: &Limits) -> Option<MediaRun> {
         let mut run = MediaRun::default();
-        let mut at = 0usize;
-        let mut body_left = match self.body {
-            None => 0u64,
+        let mut at = match self.body {
+            None => 0usize,
             Some(BodyInProgress {
                 kind: BodyKind::Media,
                 remaining,
-            }) => remaining,
+            }) => {
+                // The frame in progress was counted when it started.
+                let take = usize::try_from(remaining).map_or(input.len(), |r| r.min(input.len()));
+                run.rest = remaining - take as u64;
+                take
+            }
             Some(_) => return None,
         };
-        if body_left > 0 {
-            // The frame in progress was counted when it started.
-            let take = body_left.min(input.len() as u64);
-            at += take as usize;
-            body_left -= take;
-            if body_left > 0 {
-                return None;
-            }
-        }
-        let finished_body = self.body.is_some();
-        while let Some(&[a, b, c, d, kind]) = input.get(at..at + 5) {
-            let length = u32::from_be_bytes([a, b, c, d]);
-            if kind != MessageType::MediaData as u8 || length == 0 || length - 1 > limits.max_media
-            {
+        while run.rest == 0 {
+            let Some(rest) = input.get(at..) else {
+                break;
+            };
+            let Ok(header) = framed_header(rest) else {
+                break;
+            };
+            if header.kind != MessageType::MediaData as u8 {
                 break;
             }
-            let payload = u64::from(length - 1);
-            let in_hand = (input.len() - at - 5) as u64;
-            at += 5;
-            if in_hand >= payload {
-                at += payload as usize;
-                run.payload += payload;
-                run.frames += 1;
-            } else {
-                at += in_hand as usize;
-                run.payload += payload;
-                body_left = payload - in_hand;
-                run.frames += 1;
-                run.started = true;
+            let Ok(payload) = media_payload_len(header.length, limits) else {
                 break;
-            }
-        }
-        if run.frames + u64::from(finished_body) < min_frames {
-            return None;
+            };
+            let in_hand = (rest.len() - FRAMED_HEADER).min(payload as usize);
+            at += FRAMED_HEADER + in_hand;
+            run.frames += 1;
+            run.payload += u64::from(payload);
+            run.rest = u64::from(payload) - in_hand as u64;
         }
         run.len = at;
-        self.body = (body_left > 0).then_some(BodyInProgress {
-            kind: BodyKind::Media,
-            remaining: body_left,
-        });
-        Some(run)
+        (run.len > 0).then_some(run)
     }
+}
 
-    fn continue_body(&mut self, body: BodyInProgress, available: usize) -> Parsed<'static> {
-        if available == 0 {
-            return Parsed::NeedMore;
-        }
-        let len = usize::try_from(body.remaining).map_or(available, |left| left.min(available));
-        let remaining = body.remaining - len as u64;
-        self.body = (remaining > 0).then_some(BodyInProgress { remaining, ..body });
-        Parsed::Body {
-            kind: body.kind,
-            len,
-            last: remaining == 0,
-        }
+/// The body in progress of `length` more bytes (none if zero).
+fn body(kind: BodyKind, length: u64) -> Option<BodyInProgress> {
+    (length > 0).then_some(BodyInProgress {
+        kind,
+        remaining: length,
+    })
+}
+
+/// The next piece of a body in progress, given `available` input bytes.
+fn continue_body(body: BodyInProgress, available: usize) -> Parsed<'static> {
+    if available == 0 {
+        return Parsed::NeedMore;
     }
-
-    fn start_body(&mut self, kind: BodyKind, length: u64) {
-        self.body = (length > 0).then_some(BodyInProgress {
-            kind,
-            remaining: length,
-        });
+    let len = usize::try_from(body.remaining).map_or(available, |left| left.min(available));
+    Parsed::Body {
+        kind: body.kind,
+        len,
+        last: len as u64 == body.remaining,
     }
+}
 
-    fn parse_seed<'a>(
-        &mut self,
-        input: &'a [u8],
-        context: &ParseContext<'_>,
-    ) -> Result<Parsed<'a>, Fail> {
-        let Some(&first) = input.first() else {
-            return Err(Fail::NeedMore);
-        };
-        match context.seed_phase {
-            SeedPhase::Normal => {}
-            SeedPhase::MediaMode { end_refs } => {
-                if let Some(parsed) = media_mode_boundary(input, first, end_refs) {
-                    return parsed;
-                }
+/// Bytes of a length-prefixed frame's prefix plus its type byte.
+const FRAMED_HEADER: usize = 5;
+
+/// The start of a length-prefixed frame.
+struct FramedHeader {
+    /// The prefix: type byte plus body.
+    length: u32,
+    /// The type byte.
+    kind: u8,
+}
+
+/// Decodes a length-prefixed frame's prefix and type byte: the one decoder
+/// of framed headers (media runs and single frames alike).
+fn framed_header(input: &[u8]) -> Result<FramedHeader, Fail> {
+    let mut cursor = Cursor::new(input);
+    let length = cursor.u32().map_err(|_| Fail::NeedMore)?;
+    if length == 0 {
+        return Err(malformed("empty frame"));
+    }
+    let kind = cursor.u8().map_err(|_| Fail::NeedMore)?;
+    Ok(FramedHeader { length, kind })
+}
+
+/// The payload length of a length-prefixed media frame, checked against its
+/// limit.
+fn media_payload_len(length: u32, limits: &Limits) -> Result<u32, Fail> {
+    let payload_len = length.saturating_sub(1);
+    if payload_len > limits.max_media {
+        return Err(too_large("media payload over its limit"));
+    }
+    Ok(payload_len)
+}
+
+fn parse_seed<'a>(input: &'a [u8], context: &ParseContext<'_>) -> Result<Parsed<'a>, Fail> {
+    let Some(&first) = input.first() else {
+        return Err(Fail::NeedMore);
+    };
+    match context.seed_phase {
+        SeedPhase::Normal => {}
+        SeedPhase::MediaMode { end_refs } => {
+            if let Some(parsed) = media_mode_boundary(input, first, end_refs) {
+                return parsed;
             }
-            SeedPhase::Grace => {
-                return Ok(self
-                    .parse_seed_whole(input, context)
-                    .unwrap_or(Parsed::Stale {
-                        consumed: input.len(),
-                    }));
-            }
         }
-        self.parse_seed_whole(input, context)
-    }
-
-    /// Parses one seed frame from the start of `input` (no media-mode rule).
-    /// Grace treats every failure here as stale bytes.
-    fn parse_seed_whole<'a>(
-        &mut self,
-        input: &'a [u8],
-        context: &ParseContext<'_>,
-    ) -> Result<Parsed<'a>, Fail> {
-        match parse_body(input, context, Framing::Seed)? {
-            Whole::SeedMedia if context.seed_phase == SeedPhase::Grace => Ok(Parsed::Stale {
+        SeedPhase::Grace => {
+            return Ok(parse_seed_whole(input, context).unwrap_or(Parsed::Stale {
                 consumed: input.len(),
-            }),
-            Whole::SeedMedia => {
-                let in_hand = input.len() - 1;
-                Ok(Parsed::Media {
-                    header: 1,
-                    payload_len: u32::try_from(in_hand).unwrap_or(u32::MAX),
-                    in_hand,
-                })
-            }
-            Whole::Frame(frame, consumed) => {
-                if let ClientFrame::FileStart { data, .. } = frame {
-                    self.start_body(BodyKind::File, u64::from(data.len));
-                }
-                Ok(Parsed::Frame { frame, consumed })
-            }
+            }));
         }
     }
+    parse_seed_whole(input, context)
+}
 
-    fn parse_framed<'a>(
-        &mut self,
-        input: &'a [u8],
-        context: &ParseContext<'_>,
-    ) -> Result<Parsed<'a>, Fail> {
-        let mut cursor = Cursor::new(input);
-        let length = cursor.u32().map_err(|_| Fail::NeedMore)?;
-        if length == 0 {
-            return Err(malformed("empty frame"));
+/// Parses one seed frame from the start of `input` (no media-mode rule).
+/// Grace treats every failure here as stale bytes.
+fn parse_seed_whole<'a>(input: &'a [u8], context: &ParseContext<'_>) -> Result<Parsed<'a>, Fail> {
+    match parse_body(input, context, Framing::Seed)? {
+        Whole::SeedMedia if context.seed_phase == SeedPhase::Grace => Ok(Parsed::Stale {
+            consumed: input.len(),
+        }),
+        Whole::SeedMedia => {
+            let in_hand = input.len() - 1;
+            Ok(Parsed::Media {
+                header: 1,
+                payload_len: u32::try_from(in_hand).unwrap_or(u32::MAX),
+                in_hand,
+            })
         }
-        let kind = cursor.u8().map_err(|_| Fail::NeedMore)?;
-        let limits = context.limits;
-        match MessageType::from_client_byte(kind) {
-            None => Err(unknown_type()),
-            Some(MessageType::MediaData) => {
-                let payload_len = length - 1;
-                if payload_len > limits.max_media {
-                    return Err(too_large("media payload over its limit"));
-                }
-                let in_hand = (input.len() - 5).min(payload_len as usize);
-                let rest = u64::from(payload_len) - in_hand as u64;
-                self.start_body(BodyKind::Media, rest);
-                Ok(Parsed::Media {
-                    header: 5,
-                    payload_len,
-                    in_hand,
-                })
-            }
-            Some(MessageType::File) => self.parse_framed_file(input, length, context),
-            Some(other) => {
-                if length as usize > frame_bound(other, limits) {
-                    return Err(too_large("frame over its limit"));
-                }
-                let body = input.get(4..4 + length as usize).ok_or(Fail::NeedMore)?;
-                match parse_body(body, context, Framing::LengthPrefixed) {
-                    Ok(Whole::Frame(frame, used)) if used == body.len() => Ok(Parsed::Frame {
-                        frame,
-                        consumed: 4 + body.len(),
-                    }),
-                    Ok(_) => Err(malformed("trailing bytes after the frame's fields")),
-                    Err(Fail::NeedMore) => Err(malformed("frame shorter than its fields")),
-                    Err(bad) => Err(bad),
-                }
-            }
-        }
+        Whole::Frame(frame, consumed) => Ok(Parsed::Frame { frame, consumed }),
     }
+}
 
-    fn parse_framed_file<'a>(
-        &mut self,
-        input: &'a [u8],
-        length: u32,
-        context: &ParseContext<'_>,
-    ) -> Result<Parsed<'a>, Fail> {
-        let frame_end = 4usize.saturating_add(length as usize);
-        let in_frame = input.get(4..frame_end.min(input.len())).unwrap_or_default();
-        let complete = input.len() >= frame_end;
-        match parse_body(in_frame, context, Framing::LengthPrefixed) {
-            Ok(Whole::Frame(frame @ ClientFrame::FileStart { data, .. }, used)) => {
-                if used as u64 + u64::from(data.len) != u64::from(length) {
-                    return Err(malformed(
-                        "FILE frame length disagrees with its data length",
-                    ));
-                }
-                self.start_body(BodyKind::File, u64::from(data.len));
-                Ok(Parsed::Frame {
+fn parse_framed<'a>(input: &'a [u8], context: &ParseContext<'_>) -> Result<Parsed<'a>, Fail> {
+    let FramedHeader { length, kind } = framed_header(input)?;
+    let limits = context.limits;
+    match MessageType::from_client_byte(kind) {
+        None => Err(unknown_type()),
+        Some(MessageType::MediaData) => {
+            let payload_len = media_payload_len(length, limits)?;
+            let in_hand = (input.len() - FRAMED_HEADER).min(payload_len as usize);
+            Ok(Parsed::Media {
+                header: FRAMED_HEADER,
+                payload_len,
+                in_hand,
+            })
+        }
+        Some(MessageType::File) => parse_framed_file(input, length, context),
+        Some(other) => {
+            if length as usize > frame_bound(other, limits) {
+                return Err(too_large("frame over its limit"));
+            }
+            let body = input.get(4..4 + length as usize).ok_or(Fail::NeedMore)?;
+            match parse_body(body, context, Framing::LengthPrefixed) {
+                Ok(Whole::Frame(frame, used)) if used == body.len() => Ok(Parsed::Frame {
                     frame,
-                    consumed: 4 + used,
-                })
+                    consumed: 4 + body.len(),
+                }),
+                Ok(_) => Err(malformed("trailing bytes after the frame's fields")),
+                Err(Fail::NeedMore) => Err(malformed("frame shorter than its fields")),
+                Err(bad) => Err(bad),
             }
-            Ok(_) => Err(malformed("FILE frame did not decode")),
-            Err(Fail::NeedMore) if complete => Err(malformed("frame shorter than its fields")),
-            Err(failure) => Err(failure),
         }
+    }
+}
+
+fn parse_framed_file<'a>(
+    input: &'a [u8],
+    length: u32,
+    context: &ParseContext<'_>,
+) -> Result<Parsed<'a>, Fail> {
+    let frame_end = 4usize.saturating_add(length as usize);
+    let in_frame = input.get(4..frame_end.min(input.len())).unwrap_or_default();
+    let complete = input.len() >= frame_end;
+    match parse_body(in_frame, context, Framing::LengthPrefixed) {
+        Ok(Whole::Frame(frame @ ClientFrame::FileStart { data, .. }, used)) => {
+            if used as u64 + u64::from(data.len) != u64::from(length) {
+                return Err(malformed(
+                    "FILE frame length disagrees with its data length",
+                ));
+            }
+            Ok(Parsed::Frame {
+                frame,
+                consumed: 4 + used,
+            })
+        }
+        Ok(_) => Err(malformed("FILE frame did not decode")),
+        Err(Fail::NeedMore) if complete => Err(malformed("frame shorter than its fields")),
+        Err(failure) => Err(failure),
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
-use crate::ids::{CallId, ConnId, USER_ID_MAX_BYTES, UserId};
+use crate::ids::{CallId, ConnId, USER_ID_MAX_BYTES, UserId, UserIdError};
 use crate::protocol::ErrorCode;
 use crate::protocol::frame::{ClientFrame, ServerFrame};
 use crate::protocol::qdatastream::{QStr, QString};
@@ -48,6 +48,8 @@ pub enum Action {
         conn: ConnId,
         /// The code.
         code: ErrorCode,
+        /// Detail for the log and the frame.
+        detail: String,
     },
     /// Media from `conn` now goes to `peer` (one action per direction).
     Link {
@@ -159,9 +161,23 @@ impl Relay {
         self.calls.counts()
     }
 
-    /// `conn` registered `user`. A connection already holding that id is
-    /// replaced: it gets ERROR `replaced` and its call ends.
-    pub fn register(&mut self, conn: ConnId, user: UserId, out: &mut Vec<Action>) {
+    /// `conn` sent the registration bytes `user`: a valid id registers
+    /// (a connection already holding it is replaced: it gets ERROR
+    /// `replaced` and its call ends); anything else is refused, and the
+    /// caller closes `conn` with ERROR `bad_user_id`.
+    pub fn register(
+        &mut self,
+        conn: ConnId,
+        user: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), UserIdError> {
+        let user = UserId::from_utf8(user, self.max_user_id)?;
+        self.register_user(conn, user, out);
+        Ok(())
+    }
+
+    /// `conn` registered the valid id `user` (see [`Relay::register`]).
+    pub fn register_user(&mut self, conn: ConnId, user: UserId, out: &mut Vec<Action>) {
         info!("{conn} registered as {user}");
         if let Some(old) = self.registry.register(conn, user.clone()) {
             info!("{old} replaced by {conn} for {user}");
@@ -169,6 +185,7 @@ impl Relay {
             out.push(Action::Close {
                 conn: old,
                 code: ErrorCode::Replaced,
+                detail: "a newer connection registered this user id".to_owned(),
             });
         }
     }

@@ -80,7 +80,7 @@ impl World {
 
     fn register(&mut self, conn: ConnId, name: &str) -> Vec<Action> {
         let mut out = Vec::new();
-        self.relay.register(conn, user(name), &mut out);
+        self.relay.register_user(conn, user(name), &mut out);
         out
     }
 
@@ -824,6 +824,7 @@ fn replacement_closes_old_connection_and_ends_its_call_for_the_other_party() {
             Action::Close {
                 conn: ALICE,
                 code: ErrorCode::Replaced,
+                detail: "a newer connection registered this user id".to_owned(),
             },
             call_end(BOB, &call_id),
             unlink(ALICE),
@@ -852,6 +853,7 @@ fn replacement_of_a_ringing_callee_ends_the_call_for_the_caller() {
             Action::Close {
                 conn: BOB,
                 code: ErrorCode::Replaced,
+                detail: "a newer connection registered this user id".to_owned(),
             },
             call_end(ALICE, &call_id),
         ],

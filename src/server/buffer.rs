@@ -4,10 +4,16 @@
 //!   [`BufferPool`] while the connection has unparsed input, and handed back
 //!   when it is empty, so an idle connection holds no read buffer at all.
 //! - [`WriteQueue`]: bytes accepted for a connection that its socket could
-//!   not take yet, plus a `held` part for whole frames that must wait until
-//!   another sender's cut-through frame into this connection is complete.
+//!   not take yet, in segments that remember what they carry ([`PieceMeta`]:
+//!   droppable media or reliable bytes, when they arrived, whether they
+//!   begin a frame), so a later policy can drop a whole media frame by age
+//!   without touching the rest. The same type holds the frames waiting
+//!   behind another sender's cut-through frame (`pipe::Inbound`).
 //!
-//! Neither knows about frames, calls or sockets.
+//! Neither knows about calls or sockets.
+
+use std::collections::VecDeque;
+use std::time::Instant;
 
 /// Free read buffers, all of one size, kept for reuse.
 pub struct BufferPool {
@@ -125,44 +131,62 @@ impl ReadBuffer {
     }
 }
 
+/// What a queued piece of output carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceKind {
+    /// Media: may be dropped whole (never in part) when it is late.
+    Media,
+    /// Everything else (signaling, TEXT, FILE, ERROR, padding): never
+    /// dropped, kept in order.
+    Reliable,
+}
+
+/// What the queue remembers of a piece.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceMeta {
+    /// Droppable or not.
+    pub kind: PieceKind,
+    /// When the relay received it.
+    pub arrived: Instant,
+    /// The piece begins a frame (otherwise it continues the one before).
+    pub starts_frame: bool,
+}
+
+/// A run of queued bytes with one [`PieceMeta`].
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    len: usize,
+    meta: PieceMeta,
+}
+
 /// Output that the socket has not taken yet.
 #[derive(Default)]
 pub struct WriteQueue {
     bytes: Vec<u8>,
     head: usize,
-    held: Vec<u8>,
+    segments: VecDeque<Segment>,
+    /// Bytes of the front segment already written.
+    front_written: usize,
 }
 
 impl WriteQueue {
-    /// Bytes waiting to be written (held bytes included).
+    /// Bytes waiting to be written.
     pub fn len(&self) -> usize {
-        self.bytes.len() - self.head + self.held.len()
-    }
-
-    /// Bytes the socket can take now (held bytes excluded): what the
-    /// receiver's own reading drains, so what backpressure is decided on.
-    pub fn pending_len(&self) -> usize {
         self.bytes.len() - self.head
     }
 
-    /// Bytes held behind another sender's frame in progress.
-    pub fn held_len(&self) -> usize {
-        self.held.len()
-    }
-
-    /// Drops the held frames (the connection is closing).
-    pub fn discard_held(&mut self) {
-        self.held = Vec::new();
-    }
-
-    /// True when nothing waits for the socket (held bytes may still wait
-    /// for another sender's frame to complete).
+    /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.bytes.len() == self.head
     }
 
-    /// Appends to the bytes the socket will take next.
-    pub fn push(&mut self, parts: &[&[u8]]) {
+    /// Appends one piece (its parts in order). A piece that continues a
+    /// frame joins the segment before it when their kinds agree.
+    pub fn push(&mut self, parts: &[&[u8]], meta: PieceMeta) {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len == 0 {
+            return;
+        }
         if self.head > 0 && self.head >= self.bytes.len() / 2 {
             self.bytes.drain(..self.head);
             self.head = 0;
@@ -170,23 +194,29 @@ impl WriteQueue {
         for part in parts {
             self.bytes.extend_from_slice(part);
         }
-    }
-
-    /// Appends whole frames that must wait until the cut-through frame being
-    /// written into this connection is complete.
-    pub fn hold(&mut self, parts: &[&[u8]]) {
-        for part in parts {
-            self.held.extend_from_slice(part);
+        match self.segments.back_mut() {
+            Some(last) if !meta.starts_frame && last.meta.kind == meta.kind => last.len += len,
+            _ => self.segments.push_back(Segment { len, meta }),
         }
     }
 
-    /// Moves the held frames behind the queued bytes (the frame they waited
-    /// for is complete).
-    pub fn release_held(&mut self) {
-        if !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            self.push(&[&held]);
+    /// Moves everything in `other` behind this queue's bytes, segments and
+    /// all (frames that waited for a cut-through frame to complete).
+    pub fn append(&mut self, other: &mut WriteQueue) {
+        if other.is_empty() {
+            return;
         }
+        let mut first = true;
+        while let Some(segment) = other.segments.pop_front() {
+            let skip = if first { other.front_written } else { 0 };
+            first = false;
+            let start = other.head;
+            let end = start + segment.len - skip;
+            let part = other.bytes.get(start..end).unwrap_or_default();
+            self.push(&[part], segment.meta);
+            other.head = end;
+        }
+        *other = WriteQueue::default();
     }
 
     /// The bytes the socket should take next.
@@ -194,13 +224,36 @@ impl WriteQueue {
         self.bytes.get(self.head..).unwrap_or_default()
     }
 
+    /// What the next unwritten byte belongs to, and whether that piece has
+    /// begun to go out (a started frame must be finished).
+    pub fn front(&self) -> Option<(PieceMeta, bool)> {
+        self.segments
+            .front()
+            .map(|segment| (segment.meta, self.front_written > 0))
+    }
+
     /// Records that the socket took `count` bytes; frees the storage once
     /// everything is written, so an idle connection holds none.
     pub fn advance(&mut self, count: usize) {
-        self.head = (self.head + count).min(self.bytes.len());
-        if self.head == self.bytes.len() {
-            self.bytes = Vec::new();
-            self.head = 0;
+        let count = count.min(self.len());
+        self.head += count;
+        let mut left = count;
+        while left > 0 {
+            let Some(front) = self.segments.front() else {
+                break;
+            };
+            let unwritten = front.len - self.front_written;
+            if left >= unwritten {
+                left -= unwritten;
+                self.segments.pop_front();
+                self.front_written = 0;
+            } else {
+                self.front_written += left;
+                left = 0;
+            }
+        }
+        if self.is_empty() {
+            *self = WriteQueue::default();
         }
     }
 }
@@ -239,19 +292,46 @@ mod tests {
         assert_eq!(buffer.space(&mut pool, 8), Err(BufferFull));
     }
 
+    fn meta(kind: PieceKind, starts_frame: bool) -> PieceMeta {
+        PieceMeta {
+            kind,
+            arrived: Instant::now(),
+            starts_frame,
+        }
+    }
+
     #[test]
-    fn write_queue_keeps_order_and_releases_held_frames_after() {
+    fn write_queue_keeps_order_and_appends_held_frames_after() {
         let mut queue = WriteQueue::default();
-        queue.push(&[b"ab", b"cd"]);
-        queue.hold(&[b"HELD"]);
+        queue.push(&[b"ab", b"cd"], meta(PieceKind::Media, true));
+        let mut held = WriteQueue::default();
+        held.push(&[b"HELD"], meta(PieceKind::Reliable, true));
         queue.advance(1);
-        queue.push(&[b"ef"]);
+        queue.push(&[b"ef"], meta(PieceKind::Media, false));
         assert_eq!(queue.pending(), b"bcdef");
-        queue.release_held();
+        queue.append(&mut held);
+        assert!(held.is_empty());
         assert_eq!(queue.pending(), b"bcdefHELD");
         assert_eq!(queue.len(), 9);
         queue.advance(9);
         assert!(queue.is_empty());
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn write_queue_segments_follow_frame_boundaries() {
+        let mut queue = WriteQueue::default();
+        let media = meta(PieceKind::Media, true);
+        queue.push(&[b"12345"], media);
+        queue.push(&[b"678"], meta(PieceKind::Media, false));
+        queue.push(&[b"TEXT"], meta(PieceKind::Reliable, true));
+        assert_eq!(queue.front(), Some((media, false)));
+        queue.advance(3);
+        assert_eq!(queue.front(), Some((media, true)), "the frame has started");
+        queue.advance(5);
+        let (next, started) = queue.front().expect("the TEXT frame");
+        assert_eq!((next.kind, started), (PieceKind::Reliable, false));
+        queue.advance(4);
+        assert_eq!(queue.front(), None);
     }
 }

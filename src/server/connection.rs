@@ -1,15 +1,19 @@
-//! One client connection as the poll loop sees it: its socket, its buffers,
-//! its parser, its lifecycle state and the links other connections hold to
-//! it. It knows frame boundaries and who its media goes to, not why.
+//! One client connection as the poll loop sees it: its transport, its
+//! buffers, its parser, where it is in its life, and its two ends of the
+//! pipe (what its input does to another connection, what another
+//! connection's input does to it). It knows frame boundaries and who its
+//! media goes to, not why.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::Interest;
-use mio::net::TcpStream;
 
 use super::buffer::{BufferPool, ReadBuffer, WriteQueue};
-use super::socket::{self, SocketResult};
+use super::pipe::decide::{InboundView, ReceiverView};
+use super::pipe::state::{Inbound, Outbound};
+use super::socket::SocketResult;
+use super::transport::Transport;
 use crate::ids::{CallId, ConnId};
 use crate::protocol::Framing;
 use crate::protocol::parser::{FrameParser, SeedPhase};
@@ -17,7 +21,7 @@ use crate::protocol::qdatastream::{QString, put_qstr};
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConnState {
+pub enum Life {
     /// Accepted; the registration frame has not arrived.
     AwaitingRegistration,
     /// Registered; frames are parsed and relayed.
@@ -27,7 +31,33 @@ pub enum ConnState {
     Closing {
         /// When the socket is dropped regardless.
         deadline: Instant,
+        /// Whether the write side is shut down yet.
+        write: WriteEnd,
     },
+}
+
+/// The write side of a closing connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteEnd {
+    /// The last output is still being written.
+    Flushing,
+    /// Everything is written and the write side is shut down.
+    Shut,
+}
+
+/// What the read side of the socket is known to hold (edge-triggered: a
+/// readable edge stays until a read drains it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadSide {
+    /// Drained: the next bytes bring a new event.
+    Drained,
+    /// Readable since the last event.
+    Ready,
+    /// The poll reported the peer's FIN or an error: read until EOF, since
+    /// no further event will come (a short read does not mean drained).
+    ReadyUntilEof,
+    /// The peer closed or reset, or the socket failed: nothing more comes.
+    Eof,
 }
 
 /// The call link of a connection: where its media goes.
@@ -67,25 +97,18 @@ impl MediaLink {
     }
 }
 
-/// Where the body being parsed (FILE data, a long media payload) goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyTarget {
-    /// Forwarded cut-through to this connection.
-    To(ConnId),
-    /// Discarded (nobody to deliver to, or dropped over the soft limit).
-    Discard,
-}
-
 /// A client connection.
 pub struct Connection {
     /// Its id.
     pub id: ConnId,
-    /// The socket.
-    pub socket: TcpStream,
+    /// Its byte stream.
+    pub transport: Transport,
     /// The peer's address, for logs.
     pub addr: SocketAddr,
-    /// Lifecycle.
-    pub state: ConnState,
+    /// Where it is in its life.
+    pub life: Life,
+    /// What the socket's read side holds.
+    pub read_side: ReadSide,
     /// Input parser.
     pub parser: FrameParser,
     /// Unparsed input.
@@ -94,15 +117,6 @@ pub struct Connection {
     pub output: WriteQueue,
     /// The interest registered with the poll.
     pub registered_interest: Interest,
-    /// The socket reported readable and has not returned WouldBlock since
-    /// (edge-triggered polling sends no new event until it does).
-    pub readable: bool,
-    /// The peer closed its side (EOF) or reset.
-    pub peer_closed: bool,
-    /// The poll reported the peer's FIN or an error: read until EOF.
-    pub read_closed: bool,
-    /// The write side was shut down after the last output.
-    pub shut_down: bool,
     /// The registered id's bytes (empty before registration).
     pub user_id: Box<[u8]>,
     /// When the last input byte arrived.
@@ -112,26 +126,12 @@ pub struct Connection {
     pub link: Option<Box<MediaLink>>,
     /// Until when stale seed media is dropped after a call ended.
     pub grace_until: Option<Instant>,
-    /// Where the body in progress goes.
-    pub body_target: BodyTarget,
-    /// Reading is paused until this connection's output drains.
-    pub paused_on: Option<ConnId>,
-    /// The connection whose cut-through frame is being written into this
-    /// one; other senders' frames are held until it completes.
-    pub inbound: Option<ConnId>,
-    /// Zeros still owed to complete an inbound frame whose sender vanished.
-    pub pad_remaining: u64,
-    /// Since when frames have been held behind the inbound frame (the
-    /// start of the current stall window).
-    pub held_since: Option<Instant>,
-    /// Bytes the inbound frame's sender moved in the current stall window.
-    pub inbound_moved: u64,
-    /// A stall timer for this receiver is pending.
-    pub stall_armed: bool,
-    /// Connections paused until this one's output drains.
+    /// What its input is doing to another connection.
+    pub outbound: Outbound,
+    /// What another connection's input is doing to it.
+    pub inbound: Inbound,
+    /// Senders paused until this connection can take more.
     pub waiters: Vec<ConnId>,
-    /// Media frames to this connection dropped over the soft limit.
-    pub media_dropped: u64,
     /// Queued on the server's ready list.
     pub queued_ready: bool,
     /// Queued on the server's flush list.
@@ -140,33 +140,24 @@ pub struct Connection {
 
 impl Connection {
     /// A freshly accepted connection.
-    pub fn new(id: ConnId, socket: TcpStream, addr: SocketAddr, now: Instant) -> Connection {
+    pub fn new(id: ConnId, transport: Transport, addr: SocketAddr, now: Instant) -> Connection {
         Connection {
             id,
-            socket,
+            transport,
             addr,
-            state: ConnState::AwaitingRegistration,
+            life: Life::AwaitingRegistration,
+            read_side: ReadSide::Drained,
             parser: FrameParser::new(),
             input: ReadBuffer::default(),
             output: WriteQueue::default(),
             registered_interest: Interest::READABLE,
-            readable: false,
-            peer_closed: false,
-            read_closed: false,
-            shut_down: false,
             user_id: Box::default(),
             last_input: now,
             link: None,
             grace_until: None,
-            body_target: BodyTarget::Discard,
-            paused_on: None,
-            inbound: None,
-            pad_remaining: 0,
-            held_since: None,
-            inbound_moved: 0,
-            stall_armed: false,
+            outbound: Outbound::Idle,
+            inbound: Inbound::Idle,
             waiters: Vec::new(),
-            media_dropped: 0,
             queued_ready: false,
             queued_dirty: false,
         }
@@ -179,7 +170,26 @@ impl Connection {
 
     /// True once the connection is logically closed.
     pub fn is_closing(&self) -> bool {
-        matches!(self.state, ConnState::Closing { .. })
+        matches!(self.life, Life::Closing { .. })
+    }
+
+    /// How a decision sees this connection as a receiver: `None` while it
+    /// is closing or has no framing (nothing may be written to it).
+    pub fn receiver_view(&self) -> Option<ReceiverView> {
+        if self.is_closing() {
+            return None;
+        }
+        let inbound = match &self.inbound {
+            Inbound::Idle => InboundView::Idle,
+            Inbound::CutThrough(cut) => InboundView::From(cut.from),
+            Inbound::Padding(_) => InboundView::Padding,
+        };
+        Some(ReceiverView {
+            queued: self.output.len(),
+            held: self.inbound.held_len(),
+            inbound,
+            framing: self.framing()?,
+        })
     }
 
     /// The interest the poll should have: always readable (mio needs a
@@ -191,6 +201,16 @@ impl Connection {
         } else {
             Interest::READABLE | Interest::WRITABLE
         }
+    }
+
+    /// Notes a readiness event (`hangup`: the poll saw FIN or an error).
+    pub fn on_readable(&mut self, hangup: bool) {
+        self.read_side = match self.read_side {
+            ReadSide::Eof => ReadSide::Eof,
+            _ if hangup => ReadSide::ReadyUntilEof,
+            ReadSide::ReadyUntilEof => ReadSide::ReadyUntilEof,
+            ReadSide::Drained | ReadSide::Ready => ReadSide::Ready,
+        };
     }
 
     /// The seed media phase at `now` (PROTOCOL.md section 4).
@@ -209,13 +229,13 @@ impl Connection {
         }
     }
 
-    /// Reads from the socket into the input buffer once.
+    /// Reads from the transport into the input buffer once.
     pub fn read_some(&mut self, pool: &mut BufferPool, max_len: usize) -> ReadOutcome {
         let Ok(space) = self.input.space(pool, max_len) else {
             return ReadOutcome::BufferFull;
         };
         let room = space.len();
-        match socket::read_once(&mut self.socket, space) {
+        match self.transport.read(space) {
             (count, SocketResult::Continue) => {
                 self.input.fill(count);
                 // A short read drained the socket: under edge-triggered
@@ -223,41 +243,38 @@ impl Connection {
                 // read that would only return WouldBlock is skipped. Not
                 // when the peer's FIN is already known (no event would
                 // follow it).
-                if count < room && !self.read_closed {
-                    self.readable = false;
+                if count < room && self.read_side == ReadSide::Ready {
+                    self.read_side = ReadSide::Drained;
                 }
                 ReadOutcome::Read(count)
             }
             (_, SocketResult::WouldBlock) => {
-                self.readable = false;
+                self.read_side = ReadSide::Drained;
                 self.input.release_if_empty(pool);
                 ReadOutcome::WouldBlock
             }
             (_, SocketResult::Closed) => {
-                self.readable = false;
-                self.peer_closed = true;
+                self.read_side = ReadSide::Eof;
                 ReadOutcome::Closed
             }
             (_, SocketResult::Error) => {
-                self.readable = false;
-                self.peer_closed = true;
+                self.read_side = ReadSide::Eof;
                 ReadOutcome::Error
             }
         }
     }
 
-    /// Writes queued output until it is empty or the socket would block.
+    /// Writes queued output until it is empty or the transport would block.
     /// Returns false if the socket failed (the peer is gone).
     pub fn flush(&mut self) -> bool {
         while !self.output.is_empty() {
-            let (count, result) =
-                socket::write_all_vectored(&mut self.socket, &[self.output.pending()]);
+            let (count, result) = self.transport.write(&[self.output.pending()]);
             self.output.advance(count);
             match result {
                 SocketResult::Continue => {}
                 SocketResult::WouldBlock => return true,
                 SocketResult::Closed | SocketResult::Error => {
-                    self.peer_closed = true;
+                    self.read_side = ReadSide::Eof;
                     return false;
                 }
             }

@@ -7,7 +7,9 @@ pub mod buffer;
 pub mod connection;
 pub mod event_loop;
 pub mod metrics_http;
+pub mod pipe;
 pub mod socket;
 pub mod timers;
+pub mod transport;
 
 pub use event_loop::{Exit, Server};

@@ -86,16 +86,16 @@ impl Server {
     }
 
     pub(super) fn insert_accepted(&mut self) {
-        for (mut stream, addr) in std::mem::take(&mut self.accepted) {
+        for (stream, addr) in std::mem::take(&mut self.accepted) {
             if let Err(error) = stream.set_nodelay(true) {
                 debug!("{addr}: TCP_NODELAY failed: {error}");
             }
+            let mut transport = Transport::Plain(stream);
             let entry = self.conns.vacant_entry();
             self.next_generation = self.next_generation.wrapping_add(1);
             let Ok(slot) = u32::try_from(entry.key()) else {
                 warn!("{addr}: no connection slot left");
-                self.forget_address(addr.ip());
-                self.unregistered -= 1;
+                self.abandon_admitted(addr);
                 continue;
             };
             let id = ConnId {
@@ -105,12 +105,13 @@ impl Server {
             if let Err(error) =
                 self.poll
                     .registry()
-                    .register(&mut stream, Token(id.index()), Interest::READABLE)
+                    .register(&mut transport, Token(id.index()), Interest::READABLE)
             {
                 warn!("{addr}: cannot register with the poll: {error}");
+                self.abandon_admitted(addr);
                 continue;
             }
-            entry.insert(Connection::new(id, stream, addr, self.now));
+            entry.insert(Connection::new(id, transport, addr, self.now));
             self.counters.connections_accepted += 1;
             info!("{id} connected from {addr}");
             self.timers.arm(
@@ -118,6 +119,15 @@ impl Server {
                 TimerKey::Liveness(id),
             );
         }
+    }
+}
+
+impl Server {
+    /// Gives back what admission counted for an accepted socket that never
+    /// became a connection (every such path goes through here).
+    fn abandon_admitted(&mut self, addr: SocketAddr) {
+        self.forget_address(addr.ip());
+        self.unregistered -= 1;
     }
 }
 

@@ -2,6 +2,9 @@
 //! progress completed with padding), flushing and lingering, and reaping.
 
 use super::*;
+use crate::server::buffer::{PieceKind, PieceMeta};
+use crate::server::pipe::decide::Wake;
+use crate::server::pipe::state::Inbound;
 
 impl Server {
     pub(super) fn protocol_error(&mut self, id: ConnId, error: ProtocolError) {
@@ -23,12 +26,13 @@ impl Server {
     }
 
     /// Closes a connection logically: ERROR if it has a framing and a code,
-    /// its calls end, its id goes offline, frames it was cutting through to
-    /// another connection are completed with padding; then its last output
-    /// is flushed and the socket dropped (after the peer closes, or at the
-    /// linger deadline).
+    /// its calls end, its id goes offline, a frame it was cutting through
+    /// into another connection is completed with padding, and senders
+    /// waiting on it go on (their pieces for it are then dropped); then its
+    /// last output is flushed and the socket dropped (after the peer
+    /// closes, or at the linger deadline).
     pub(super) fn begin_close(&mut self, id: ConnId, reason: CloseReason) {
-        let deadline = self.now + self.config.timeouts.linger;
+        let (now, deadline) = (self.now, self.now + self.config.timeouts.linger);
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -40,12 +44,11 @@ impl Server {
             CloseReason::PeerClosed => info!("{id} ({user}) closed by peer"),
             CloseReason::Error(code, detail) => info!("{id} ({user}) closed: {code} ({detail})"),
         }
-        // An ERROR written while another sender's frame is being cut
-        // through into this connection would land inside that frame.
-        let mid_frame = conn.inbound.is_some();
-        if mid_frame {
-            conn.output.discard_held();
-        }
+        // An ERROR written while another sender's frame is being written
+        // into this connection would land inside that frame; the frames
+        // held behind it go nowhere now.
+        let mid_frame = !matches!(conn.inbound, Inbound::Idle);
+        conn.inbound = Inbound::Idle;
         if let (CloseReason::Error(code, detail), Some(framing), false) =
             (&reason, conn.framing(), mid_frame)
         {
@@ -55,70 +58,34 @@ impl Server {
                 detail: detail.clone(),
             };
             encode_server(&frame, framing, &mut bytes);
-            conn.output.push(&[&bytes]);
+            let meta = PieceMeta {
+                kind: PieceKind::Reliable,
+                arrived: now,
+                starts_frame: true,
+            };
+            conn.output.push(&[&bytes], meta);
         }
-        let was_unregistered = conn.state == ConnState::AwaitingRegistration;
-        conn.state = ConnState::Closing { deadline };
-        conn.link = None;
-        let inbound = conn.inbound.take();
-        let outbound = match conn.body_target {
-            BodyTarget::To(dest) if conn.parser.in_body() => {
-                Some((dest, conn.parser.body_remaining()))
-            }
-            _ => None,
+        let was_unregistered = conn.life == Life::AwaitingRegistration;
+        conn.life = Life::Closing {
+            deadline,
+            write: WriteEnd::Flushing,
         };
-        conn.body_target = BodyTarget::Discard;
+        conn.link = None;
+        let outbound = std::mem::take(&mut conn.outbound);
+        let cut_short = outbound
+            .body_to()
+            .map(|dest| (dest, conn.parser.body_remaining()));
         if was_unregistered {
             self.unregistered -= 1;
         }
-        if let Some(sender) = inbound.and_then(|sender| self.conn_mut(sender)) {
-            sender.body_target = BodyTarget::Discard;
-        }
-        if let Some((dest, remaining)) = outbound {
+        if let Some((dest, remaining)) = cut_short {
             self.pad_frame(id, dest, remaining);
         }
         self.relay.leave(id, &mut self.actions);
-        self.apply_actions();
-        self.wake_waiters(id);
+        let _ = self.apply_actions();
+        self.wake(id, Wake::All);
         self.timers.arm(deadline, TimerKey::Linger(id));
         self.mark_dirty(id);
-    }
-
-    /// Completes a cut-through frame from a sender that vanished mid-frame
-    /// with zeros, so the receiver's stream stays parseable.
-    pub(super) fn pad_frame(&mut self, from: ConnId, dest: ConnId, remaining: u64) {
-        warn!("{from} left mid-frame: padding {remaining} bytes to {dest}");
-        if let Some(conn) = self.conn_mut(dest) {
-            conn.pad_remaining = remaining;
-        }
-        self.refill_padding(dest);
-    }
-
-    /// Writes owed padding as the receiver drains (never past the soft
-    /// limit, so a long abandoned frame cannot push the receiver over its
-    /// hard limit); frames held behind it go out once it is complete.
-    pub(super) fn refill_padding(&mut self, dest: ConnId) {
-        let soft = self.config.output_soft;
-        let Some(owner) = self.conn(dest).and_then(|d| d.inbound) else {
-            return;
-        };
-        let zeros = [0u8; PAD_CHUNK];
-        loop {
-            let Some(conn) = self.conn_mut(dest) else {
-                return;
-            };
-            if conn.is_closing() || conn.pad_remaining == 0 {
-                break;
-            }
-            if conn.output.pending_len() >= soft {
-                return;
-            }
-            let chunk =
-                usize::try_from(conn.pad_remaining).map_or(PAD_CHUNK, |left| left.min(PAD_CHUNK));
-            conn.pad_remaining -= chunk as u64;
-            self.enqueue(dest, Some(owner), &[zeros.get(..chunk).unwrap_or_default()]);
-        }
-        self.end_inbound(dest);
     }
 
     /// A closing connection whose output is written shuts its write side;
@@ -127,17 +94,23 @@ impl Server {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if !conn.is_closing() || !conn.output.is_empty() {
+        let Life::Closing { deadline, write } = conn.life else {
+            return;
+        };
+        if !conn.output.is_empty() {
             return;
         }
-        if !conn.shut_down {
-            conn.shut_down = true;
-            if let Err(error) = conn.socket.shutdown(Shutdown::Write) {
+        if write == WriteEnd::Flushing {
+            conn.life = Life::Closing {
+                deadline,
+                write: WriteEnd::Shut,
+            };
+            if let Err(error) = conn.transport.shutdown_write() {
                 debug!("{id}: shutdown: {error}");
-                conn.peer_closed = true;
+                conn.read_side = ReadSide::Eof;
             }
         }
-        if conn.peer_closed {
+        if conn.read_side == ReadSide::Eof {
             self.reap.push(id);
         }
     }
@@ -147,9 +120,9 @@ impl Server {
             if self.conn(id).is_none() {
                 continue;
             }
-            self.wake_waiters(id);
+            self.wake(id, Wake::All);
             let mut conn = self.conns.remove(id.index());
-            if let Err(error) = self.poll.registry().deregister(&mut conn.socket) {
+            if let Err(error) = self.poll.registry().deregister(&mut conn.transport) {
                 debug!("{id}: deregister: {error}");
             }
             self.forget_address(conn.addr.ip());

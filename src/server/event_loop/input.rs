@@ -1,6 +1,8 @@
 //! Reading and parsing: each ready connection alternates handling its
-//! buffered input with one read (a bounded number per turn), and each parsed
-//! piece goes to the relay or to forwarding.
+//! buffered input with one read (a bounded number per turn). Each piece of
+//! input is peeked, handed to the relay (frames) or the pipe (media, FILE,
+//! bodies), and committed only once handled; a piece its receiver cannot
+//! take yet stays unconsumed while the sender waits.
 
 use super::*;
 
@@ -19,10 +21,12 @@ impl Server {
 
     /// Handles buffered input, then reads and handles more, for a bounded
     /// number of reads; a connection with input left goes to the back of the
-    /// ready queue. End of input closes the connection once every byte
-    /// before it has been handled.
+    /// ready queue. What the last read brought is handled before the turn
+    /// ends (a short last read leaves no readiness to come back for). End of
+    /// input closes the connection once every byte before it has been
+    /// handled.
     pub(super) fn service(&mut self, id: ConnId) {
-        for _ in 0..READS_PER_TURN {
+        for reads in 0..=READS_PER_TURN {
             if self.drain_input(id) == Flow::Stop {
                 return;
             }
@@ -31,18 +35,24 @@ impl Server {
             let Some(conn) = self.conns.get_mut(id.index()).filter(|c| c.id == id) else {
                 return;
             };
-            if conn.peer_closed {
-                conn.input.release_if_empty(pool);
-                if conn.is_closing() {
-                    self.finish_if_done(id);
-                } else {
-                    self.begin_close(id, CloseReason::PeerClosed);
+            match conn.read_side {
+                ReadSide::Eof => {
+                    conn.input.release_if_empty(pool);
+                    if conn.is_closing() {
+                        self.finish_if_done(id);
+                    } else {
+                        self.begin_close(id, CloseReason::PeerClosed);
+                    }
+                    return;
                 }
-                return;
+                ReadSide::Drained => {
+                    conn.input.release_if_empty(pool);
+                    return;
+                }
+                ReadSide::Ready | ReadSide::ReadyUntilEof => {}
             }
-            if !conn.readable {
-                conn.input.release_if_empty(pool);
-                return;
+            if reads == READS_PER_TURN {
+                break;
             }
             match conn.read_some(pool, max_input) {
                 ReadOutcome::Read(_) => conn.last_input = now,
@@ -63,74 +73,25 @@ impl Server {
         }
         if self
             .conn(id)
-            .is_some_and(|conn| conn.readable || conn.peer_closed)
+            .is_some_and(|conn| conn.read_side != ReadSide::Drained)
         {
-            self.ready.push_back(id);
+            self.mark_ready(id);
         }
     }
 
     /// Handles the parsable input in the connection's buffer.
     pub(super) fn drain_input(&mut self, id: ConnId) -> Flow {
         loop {
-            // Only this connection's own input may set it during the step.
-            self.held_over = None;
-            let flow = self.step(id);
-            self.apply_actions();
-            self.close_queued();
-            let held_for = self.held_over.take().filter(|to| {
-                *to != id
-                    && self
-                        .conn(*to)
-                        .is_some_and(|c| !c.is_closing() && c.inbound.is_some())
-            });
-            if let Some(to) = held_for {
-                self.pause(id, to);
-                return Flow::Stop;
-            }
-            match flow {
-                Some(flow) => return flow,
-                None => continue,
+            if let Some(flow) = self.step(id) {
+                return flow;
             }
         }
     }
 
-    /// Handles one piece of input: `None` to go on, `Some` to stop.
-    pub(super) fn step(&mut self, id: ConnId) -> Option<Flow> {
-        let soft = self.config.output_soft;
-        let Some(conn) = self.conn_mut(id) else {
-            return Some(Flow::Stop);
-        };
-        if conn.is_closing() {
-            let all = conn.input.len();
-            conn.input.consume(all);
-            return Some(Flow::ReadMore);
-        }
-        if conn.paused_on.is_some() {
-            return Some(Flow::Stop);
-        }
-        if conn.input.is_empty() {
-            return Some(Flow::ReadMore);
-        }
-        if let Some(flow) = self.forward_media_run(id) {
-            return flow;
-        }
-        let Some(conn) = self.conn_mut(id) else {
-            return Some(Flow::Stop);
-        };
-        if let (true, BodyTarget::To(dest)) = (conn.parser.in_body(), conn.body_target)
-            && conn.parser.body_kind() == Some(BodyKind::File)
-            && self
-                .conn(dest)
-                .is_some_and(|d| d.output.pending_len() >= soft && !d.is_closing())
-        {
-            self.pause(id, dest);
-            return Some(Flow::Stop);
-        }
-        self.parse_one(id)
-    }
-
-    /// Parses the next piece of a connection's input and acts on it.
-    pub(super) fn parse_one(&mut self, id: ConnId) -> Option<Flow> {
+    /// Handles one piece of input: read -> peek -> relay or pipe -> commit.
+    /// `None` to go on, `Some` to stop.
+    fn step(&mut self, id: ConnId) -> Option<Flow> {
+        let runs = self.takes_media_runs(id);
         let Server {
             conns,
             relay,
@@ -143,90 +104,129 @@ impl Server {
         let Some(conn) = conns.get_mut(id.index()).filter(|c| c.id == id) else {
             return Some(Flow::Stop);
         };
-        let saved_parser = conn.parser.clone();
+        if conn.is_closing() {
+            let all = conn.input.len();
+            conn.input.consume(all);
+            return Some(Flow::ReadMore);
+        }
+        if conn.outbound.paused_on().is_some() {
+            return Some(Flow::Stop);
+        }
+        if conn.input.is_empty() || conn.parser.choose_framing(conn.input.data()).is_none() {
+            return Some(Flow::ReadMore);
+        }
         let context = ParseContext {
             limits: &config.limits,
             user_id: &conn.user_id,
             seed_phase: Connection::seed_phase(conn.link.as_deref(), conn.grace_until, *now),
+            media_runs: runs,
         };
-        let parsed = match conn.parser.parse(conn.input.data(), &context) {
-            Ok(parsed) => parsed,
+        let (parsed, advance) = match conn.parser.peek(conn.input.data(), &context) {
+            Ok(peeked) => peeked,
             Err(error) => {
                 self.protocol_error(id, error);
                 return Some(Flow::Stop);
             }
         };
-        match parsed {
+        let step = match parsed {
             Parsed::NeedMore => return Some(Flow::ReadMore),
-            Parsed::Stale { consumed } => {
+            Parsed::Stale { .. } => {
                 counters.media_dropped_stale += 1;
-                conn.input.consume(consumed);
+                Step::Done
             }
             Parsed::Frame {
                 frame: ClientFrame::Register { user, .. },
-                consumed,
-            } => {
-                let user = match UserId::from_utf8(user, config.limits.max_user_id) {
-                    Ok(user) => user,
-                    Err(why) => {
-                        let error = ProtocolError {
-                            code: ErrorCode::BadUserId,
-                            what: user_id_error_text(why),
-                        };
-                        self.protocol_error(id, error);
-                        return Some(Flow::Stop);
-                    }
-                };
-                conn.user_id = user.as_str().as_bytes().into();
-                conn.state = ConnState::Registered;
-                self.unregistered -= 1;
-                conn.input.consume(consumed);
-                relay.register(id, user, actions);
-                // The liveness deadline armed at accept checks idleness from
-                // then on; only an idle timeout shorter than the
-                // registration timeout needs an earlier check.
-                if config.timeouts.idle < config.timeouts.register {
-                    self.timers
-                        .arm(*now + config.timeouts.idle, TimerKey::Liveness(id));
+                ..
+            } => match relay.register(id, user, actions) {
+                Ok(()) => {
+                    conn.user_id = user.into();
+                    conn.life = Life::Registered;
+                    self.registered(id);
+                    Step::Done
                 }
-            }
+                Err(why) => {
+                    let error = ProtocolError {
+                        code: ErrorCode::BadUserId,
+                        what: why.text(),
+                    };
+                    self.protocol_error(id, error);
+                    return Some(Flow::Stop);
+                }
+            },
             Parsed::Frame {
                 frame: ClientFrame::Heartbeat,
-                consumed,
+                ..
             } => {
-                conn.input.consume(consumed);
                 if conn.framing() == Some(Framing::LengthPrefixed) {
                     self.send_frame(id, &ServerFrame::Heartbeat);
                 }
+                Step::Done
             }
             Parsed::Frame {
                 frame: ClientFrame::FileStart { to, name, data },
-                consumed,
+                ..
             } => {
                 let route = relay.route_file(id, to);
                 let name = name.to_owned_qstring();
-                return self.start_file(id, route, name, data, consumed, saved_parser);
+                self.pipe_file(id, route, name, data)
             }
-            Parsed::Frame { frame, consumed } => {
+            Parsed::Frame { frame, .. } => {
                 relay.on_frame(id, &frame, *now, actions);
-                conn.input.consume(consumed);
+                Step::Done
             }
             Parsed::Media {
                 header,
                 payload_len,
                 in_hand,
-            } => return self.start_media(id, header, payload_len, in_hand, saved_parser),
-            Parsed::Body { len, last, .. } => self.forward_body(id, len, last),
-        }
-        None
+            } => self.pipe_media(id, header, payload_len, in_hand),
+            Parsed::Body { kind, len, last } => self.pipe_body(id, kind, len, last),
+            Parsed::MediaRun(run) => self.pipe_media_run(id, run),
+        };
+        let held_for = match step {
+            Step::Wait { on, at } => {
+                self.pause(id, on, at);
+                return Some(Flow::Stop);
+            }
+            Step::Done => None,
+            Step::DoneHeld(to) => Some(to),
+        };
+        let Some(conn) = self.conn_mut(id) else {
+            return Some(Flow::Stop);
+        };
+        conn.parser.commit(advance);
+        conn.input.consume(advance.consumed());
+        let mut held_for: Vec<ConnId> = held_for.into_iter().collect();
+        held_for.extend(self.apply_actions());
+        self.close_queued();
+        self.wait_behind_held(id, &held_for)
     }
-}
 
-pub(super) fn user_id_error_text(error: crate::ids::UserIdError) -> &'static str {
-    match error {
-        crate::ids::UserIdError::Empty => "empty user id",
-        crate::ids::UserIdError::TooLong => "user id too long",
-        crate::ids::UserIdError::BadEncoding => "user id is not valid UTF-8",
-        crate::ids::UserIdError::ControlCharacter => "user id contains a control character",
+    /// The piece `id` just sent made frames wait behind another sender's
+    /// frame into some receiver: past the soft limit, `id` waits until that
+    /// frame completes (text and signaling are never dropped).
+    fn wait_behind_held(&mut self, id: ConnId, held_for: &[ConnId]) -> Option<Flow> {
+        let soft = self.config.output_soft;
+        let over = held_for.iter().copied().find(|to| {
+            *to != id
+                && self.receiver_view(*to).is_some_and(|view| {
+                    crate::server::pipe::decide::producer_waits(id, &view, soft)
+                })
+        })?;
+        self.pause(id, over, PausedAt::FrameStart);
+        Some(Flow::Stop)
+    }
+
+    /// `id` has just registered: admission stops counting it, and its
+    /// liveness deadline follows the idle timeout from now on.
+    fn registered(&mut self, id: ConnId) {
+        self.unregistered -= 1;
+        // The liveness deadline armed at accept checks idleness from then
+        // on; only an idle timeout shorter than the registration timeout
+        // needs an earlier check.
+        let timeouts = &self.config.timeouts;
+        if timeouts.idle < timeouts.register {
+            self.timers
+                .arm(self.now + timeouts.idle, TimerKey::Liveness(id));
+        }
     }
 }

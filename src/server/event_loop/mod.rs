@@ -12,14 +12,13 @@
 //! frames were appended to; reap closed connections.
 //!
 //! This file holds the state and one turn of the loop; the work is split by
-//! what it is about: `admission` (accepting, limits), `input` (reading,
-//! parsing), `forwarding` (media and FILE bodies, held frames, pausing),
-//! `output` (server frames, flushing, relay actions), `timing`
-//! (deadlines), `operations` (signals, metrics) and `closing`.
+//! what it is about: `admission` (accepting, limits), `input` (read, peek,
+//! relay or pipe, commit), `output` (server frames, flushing, relay
+//! actions), `timing` (deadlines), `operations` (signals, metrics) and
+//! `closing`. Moving bytes between connections is `server::pipe`'s.
 
 mod admission;
 mod closing;
-mod forwarding;
 mod input;
 mod operations;
 mod output;
@@ -28,7 +27,7 @@ mod timing;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -40,18 +39,19 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::buffer::BufferPool;
-use super::connection::{BodyTarget, ConnState, Connection, MediaLink, ReadOutcome};
+use super::connection::{Connection, Life, MediaLink, ReadOutcome, ReadSide, WriteEnd};
 use super::metrics_http::{self, MetricsConn, Progress as HttpProgress, Request};
-use super::socket::{self, SocketResult};
+use super::pipe::Step;
+use super::pipe::state::PausedAt;
 use super::timers::Timers;
+use super::transport::Transport;
 use crate::config::Config;
-use crate::ids::{ConnId, UserId};
+use crate::ids::ConnId;
 use crate::metrics::{self, Counters, Snapshot};
 use crate::protocol::frame::{ClientFrame, ServerFrame, encode_server};
-use crate::protocol::parser::{BodyKind, ParseContext, Parsed, ProtocolError};
-use crate::protocol::qdatastream::QString;
+use crate::protocol::parser::{ParseContext, Parsed, ProtocolError};
 use crate::protocol::{ErrorCode, Framing};
-use crate::relay::{Action, FileRoute, Relay, RelayTimer};
+use crate::relay::{Action, Relay, RelayTimer};
 
 /// The listener's token; connection tokens are slab slots.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -73,15 +73,10 @@ const POOL_KEEP: usize = 32;
 const READS_PER_TURN: usize = 16;
 /// Pause before accepting again after accept failed (e.g. out of fds).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-/// Bytes a cut-through frame's sender must move per `--stall-timeout`
-/// window while other frames wait behind it.
-const STALL_MIN_PROGRESS: u64 = 64 * 1024;
-/// Zeros written at a time when padding a frame whose sender vanished.
-const PAD_CHUNK: usize = 16 * 1024;
 
 /// What a deadline is for.
 #[derive(Clone, Debug)]
-enum TimerKey {
+pub(super) enum TimerKey {
     /// The connection must have registered by now, or (once registered)
     /// may have been idle too long. One deadline per connection at a time.
     Liveness(ConnId),
@@ -95,15 +90,16 @@ enum TimerKey {
     Stats,
     /// The graceful shutdown's deadline (wakes the loop).
     ShutdownDeadline,
-    /// The stall window of frames held for this connection ends.
-    Stall(ConnId),
+    /// The stall window (opened at the instant given) of frames held for
+    /// this connection ends.
+    Stall(ConnId, Instant),
     /// The relay's own timer.
     Relay(RelayTimer),
 }
 
 /// Why a connection is being closed.
 #[derive(Clone, Debug)]
-enum CloseReason {
+pub(super) enum CloseReason {
     /// The peer closed or reset its socket, or the socket failed.
     PeerClosed,
     /// We close it with an ERROR frame.
@@ -121,26 +117,28 @@ enum Flow {
 
 /// The relay server: one poll loop on one thread.
 pub struct Server {
+    // The fields `server::pipe` works on are visible to it; the rest are
+    // the loop's own.
     poll: Poll,
     events: Events,
     listener: TcpListener,
     local_addr: SocketAddr,
-    config: Config,
-    conns: Slab<Connection>,
+    pub(super) config: Config,
+    pub(super) conns: Slab<Connection>,
     next_generation: u32,
-    relay: Relay,
-    timers: Timers<TimerKey>,
+    pub(super) relay: Relay,
+    pub(super) timers: Timers<TimerKey>,
     pool: BufferPool,
     max_input: usize,
     accepted: Vec<(TcpStream, SocketAddr)>,
     ready: VecDeque<ConnId>,
     dirty: Vec<ConnId>,
     reap: Vec<ConnId>,
-    closing_queue: Vec<(ConnId, CloseReason)>,
-    actions: Vec<Action>,
-    scratch: Vec<u8>,
-    counters: Counters,
-    now: Instant,
+    pub(super) closing_queue: Vec<(ConnId, CloseReason)>,
+    pub(super) actions: Vec<Action>,
+    pub(super) scratch: Vec<u8>,
+    pub(super) counters: Counters,
+    pub(super) now: Instant,
     metrics_listener: Option<TcpListener>,
     metrics_conns: Slab<MetricsConn>,
     signals: Option<Signals>,
@@ -152,9 +150,6 @@ pub struct Server {
     /// the pending connection does not keep waking the loop.
     reserve_fd: Option<File>,
     refusals: Refusals,
-    /// A connection whose held frames passed the soft limit during the
-    /// current input step: the sender of that input waits for it.
-    held_over: Option<ConnId>,
 }
 
 /// Whether the server runs or is shutting down.
@@ -243,7 +238,6 @@ impl Server {
             unregistered: 0,
             reserve_fd: File::open("/dev/null").ok(),
             refusals: Refusals::default(),
-            held_over: None,
         })
     }
 
@@ -335,11 +329,9 @@ impl Server {
                 continue;
             };
             let id = conn.id;
-            if event.is_read_closed() || event.is_error() {
-                conn.read_closed = true;
-            }
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                conn.readable = true;
+            let hangup = event.is_read_closed() || event.is_error();
+            if event.is_readable() || hangup {
+                conn.on_readable(hangup);
                 self.mark_ready(id);
             }
             if event.is_writable() || event.is_write_closed() {
@@ -368,8 +360,9 @@ impl Server {
         })
     }
 
-    /// Queues a connection for input handling (once).
-    fn mark_ready(&mut self, id: ConnId) {
+    /// Queues a connection for input handling (once: every push onto the
+    /// ready queue goes through here).
+    pub(super) fn mark_ready(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id)
             && !conn.queued_ready
         {
@@ -379,7 +372,7 @@ impl Server {
     }
 
     /// Queues a connection for a flush before the next poll (once).
-    fn mark_dirty(&mut self, id: ConnId) {
+    pub(super) fn mark_dirty(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id)
             && !conn.queued_dirty
         {
@@ -388,11 +381,14 @@ impl Server {
         }
     }
 
-    fn conn(&self, id: ConnId) -> Option<&Connection> {
+    pub(super) fn conn(&self, id: ConnId) -> Option<&Connection> {
         self.conns.get(id.index()).filter(|conn| conn.id == id)
     }
 
-    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
+    pub(super) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
         self.conns.get_mut(id.index()).filter(|conn| conn.id == id)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,7 +38,7 @@ impl Server {
             debug!("deregister listener: {error}");
         }
         self.relay.end_all(&mut self.actions);
-        self.apply_actions();
+        let _ = self.apply_actions();
         let ids: Vec<ConnId> = self.conns.iter().map(|(_, conn)| conn.id).collect();
         for id in ids {
             let detail = "the server is shutting down".to_owned();
@@ -52,8 +52,8 @@ impl Server {
         let (calls_ringing, calls_active) = self.relay.call_counts();
         let (mut paused, mut queued_bytes) = (0, 0);
         for (_, conn) in &self.conns {
-            paused += usize::from(conn.paused_on.is_some());
-            queued_bytes += conn.output.len();
+            paused += usize::from(conn.outbound.paused_on().is_some());
+            queued_bytes += conn.output.len() + conn.inbound.held_len();
         }
         Snapshot {
             counters: &self.counters,

@@ -3,28 +3,26 @@
 //! the relay's actions.
 
 use super::*;
+use crate::server::pipe::Placed;
 
 impl Server {
-    /// Encodes a frame in the receiver's framing and queues it.
-    pub(super) fn send_frame(&mut self, to: ConnId, frame: &ServerFrame) {
-        let Some(framing) = self
-            .conn(to)
-            .filter(|c| !c.is_closing())
-            .and_then(Connection::framing)
-        else {
-            return;
+    /// Encodes a frame in the receiver's framing and queues it (held
+    /// behind a frame in progress into `to`, if there is one).
+    pub(super) fn send_frame(&mut self, to: ConnId, frame: &ServerFrame) -> Placed {
+        let Some(view) = self.receiver_view(to) else {
+            return Placed::Nowhere;
         };
         let mut bytes = std::mem::take(&mut self.scratch);
         bytes.clear();
-        encode_server(frame, framing, &mut bytes);
-        self.enqueue(to, None, &[&bytes]);
+        encode_server(frame, view.framing, &mut bytes);
+        let placed = self.enqueue(to, &bytes);
         self.scratch = bytes;
+        placed
     }
 
     /// Flushes every connection that output was added to or that became
     /// writable, and updates poll interests.
     pub(super) fn flush_dirty(&mut self) {
-        let soft = self.config.output_soft;
         while let Some(id) = self.dirty.pop() {
             let Some(conn) = self.conn_mut(id) else {
                 continue;
@@ -33,24 +31,7 @@ impl Server {
             if !conn.flush() && !conn.is_closing() {
                 self.begin_close(id, CloseReason::PeerClosed);
             }
-            let Some(conn) = self.conn(id) else {
-                continue;
-            };
-            if conn.pad_remaining > 0 {
-                self.refill_padding(id);
-            }
-            let Some(conn) = self.conn(id) else {
-                continue;
-            };
-            if conn.output.pending_len() < soft && !conn.waiters.is_empty() {
-                // While a cut-through frame is in progress only its sender
-                // waits for this queue to drain; the others wait for the
-                // frame to end (`end_inbound` wakes them).
-                match conn.inbound {
-                    None => self.wake_waiters(id),
-                    Some(owner) => self.wake_one(id, owner),
-                }
-            }
+            self.after_drain(id);
             self.finish_if_done(id);
             self.update_interest(id);
             self.close_queued();
@@ -64,28 +45,37 @@ impl Server {
         };
         let wanted = conn.wanted_interest();
         if wanted != conn.registered_interest {
-            match registry.reregister(&mut conn.socket, Token(id.index()), wanted) {
+            match registry.reregister(&mut conn.transport, Token(id.index()), wanted) {
                 Ok(()) => conn.registered_interest = wanted,
                 Err(error) => warn!("{id}: reregister failed: {error}"),
             }
         }
     }
 
-    pub(super) fn apply_actions(&mut self) {
+    /// Applies the relay's pending actions; returns the receivers that
+    /// frames were held for (behind another sender's frame in progress).
+    pub(super) fn apply_actions(&mut self) -> Vec<ConnId> {
+        let mut held_for = Vec::new();
         while !self.actions.is_empty() {
             for action in std::mem::take(&mut self.actions) {
-                self.apply(action);
+                if let Some(to) = self.apply(action) {
+                    held_for.push(to);
+                }
             }
         }
+        held_for
     }
 
-    pub(super) fn apply(&mut self, action: Action) {
+    /// Applies one action; `Some(to)` if it held a frame for `to`.
+    fn apply(&mut self, action: Action) -> Option<ConnId> {
+        let held = |placed: Placed, to: ConnId| (placed == Placed::Held).then_some(to);
         match action {
-            Action::Send { to, frame } => self.send_frame(to, &frame),
+            Action::Send { to, frame } => return held(self.send_frame(to, &frame), to),
             Action::Notify { to, code, detail } => {
                 match self.conn(to).and_then(Connection::framing) {
                     Some(Framing::LengthPrefixed) => {
-                        self.send_frame(to, &ServerFrame::Error { code, detail })
+                        let frame = ServerFrame::Error { code, detail };
+                        return held(self.send_frame(to, &frame), to);
                     }
                     Some(Framing::Seed) => {
                         self.counters.errors_unreported_seed += 1;
@@ -96,8 +86,7 @@ impl Server {
                     None => {}
                 }
             }
-            Action::Close { conn, code } => {
-                let detail = "a newer connection registered this user id".to_owned();
+            Action::Close { conn, code, detail } => {
                 self.begin_close(conn, CloseReason::Error(code, detail));
             }
             Action::Link {
@@ -122,5 +111,6 @@ impl Server {
             }
             Action::ArmTimer { at, timer } => self.timers.arm(at, TimerKey::Relay(timer)),
         }
+        None
     }
 }

@@ -1,4 +1,5 @@
-//! Deadlines: firing due timers (liveness, linger, stall, accept retry,
+//! Deadlines: firing due timers (liveness, linger, stall (the pipe judges
+//! it), accept retry,
 //! stats, metrics, the relay's ring timers), compacting stale ones, and the
 //! idle check.
 
@@ -8,13 +9,13 @@ impl Server {
     pub(super) fn fire_timers(&mut self) {
         while let Some(key) = self.timers.pop_expired(self.now) {
             match key {
-                TimerKey::Liveness(id) => match self.conn(id).map(|c| c.state) {
-                    Some(ConnState::AwaitingRegistration) => {
+                TimerKey::Liveness(id) => match self.conn(id).map(|c| c.life) {
+                    Some(Life::AwaitingRegistration) => {
                         let detail = "no registration within the registration timeout".to_owned();
                         self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
                     }
-                    Some(ConnState::Registered) => self.check_idle(id),
-                    Some(ConnState::Closing { .. }) | None => {}
+                    Some(Life::Registered) => self.check_idle(id),
+                    Some(Life::Closing { .. }) | None => {}
                 },
                 TimerKey::Linger(id) => {
                     if self.conn(id).is_some_and(Connection::is_closing) {
@@ -23,7 +24,7 @@ impl Server {
                 }
                 TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
-                TimerKey::Stall(to) => self.check_stall(to),
+                TimerKey::Stall(to, armed) => self.on_stall_timer(to, armed),
                 TimerKey::Metrics(key) => {
                     if self
                         .metrics_conns
@@ -44,39 +45,7 @@ impl Server {
                     self.relay.on_timer(&timer, self.now, &mut self.actions);
                 }
             }
-            self.apply_actions();
-            self.close_queued();
-        }
-    }
-
-    /// A stall window of frames held for `to` ended: the sender of the
-    /// frame in progress, if it moved less than [`STALL_MIN_PROGRESS`] bytes
-    /// in it (and is not itself waiting for `to` to drain), is closed;
-    /// otherwise a new window starts. A large transfer going at any useful
-    /// speed is never cut; a trickle is.
-    fn check_stall(&mut self, to: ConnId) {
-        let (now, stall) = (self.now, self.config.timeouts.stall);
-        let Some(dst) = self.conn_mut(to) else {
-            return;
-        };
-        dst.stall_armed = false;
-        let (Some(owner), Some(since)) = (dst.inbound, dst.held_since) else {
-            return;
-        };
-        if dst.output.held_len() == 0 {
-            return;
-        }
-        if now < since + stall {
-            dst.stall_armed = true;
-            self.timers.arm(since + stall, TimerKey::Stall(to));
-            return;
-        }
-        let moved = dst.inbound_moved;
-        let waiting_for_receiver = self.conn(owner).is_some_and(|o| o.paused_on == Some(to));
-        if moved >= STALL_MIN_PROGRESS || waiting_for_receiver {
-            self.start_holding(to);
-        } else {
-            self.close_stalled_owner(to);
+            let _ = self.apply_actions();
             self.close_queued();
         }
     }
@@ -94,7 +63,7 @@ impl Server {
             TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
             TimerKey::AcceptRetry | TimerKey::Stats | TimerKey::ShutdownDeadline => true,
             TimerKey::Metrics(_) => true,
-            TimerKey::Stall(to) => alive(to),
+            TimerKey::Stall(to, _) => alive(to),
             TimerKey::Relay(timer) => relay.timer_is_live(timer),
         });
         debug!("timers compacted to {}", self.timers.len());
@@ -102,11 +71,11 @@ impl Server {
 
     pub(super) fn check_idle(&mut self, id: ConnId) {
         let idle = self.config.timeouts.idle;
-        let Some(conn) = self.conn(id).filter(|c| c.state == ConnState::Registered) else {
+        let Some(conn) = self.conn(id).filter(|c| c.life == Life::Registered) else {
             return;
         };
         // A connection the relay stopped reading (backpressure) is not idle.
-        let deadline = if conn.paused_on.is_some() {
+        let deadline = if conn.outbound.paused_on().is_some() {
             self.now + idle
         } else {
             conn.last_input + idle
