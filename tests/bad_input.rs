@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
 use callrelay::protocol::frame::{ClientMessage, ServerMessage, encode_client};
-use common::{Client, RelayProcess, WAIT, accepted_call, q};
+use common::{Client, RelayProcess, WAIT, accepted_call, expect_ended, q, relay_with_call};
 
 const BOTH: [Framing; 2] = [Seed, LengthPrefixed];
 
@@ -89,11 +89,11 @@ struct Call {
 }
 
 impl Call {
+    /// Starts a relay with `args` and the call on it, with a first exchange
+    /// of media.
     #[track_caller]
-    fn start(relay: &RelayProcess) -> Call {
-        let mut alice = relay.client("alice", Seed);
-        let mut bob = relay.client("bob", LengthPrefixed);
-        let call_id = accepted_call(&mut alice, &mut bob);
+    fn start(args: &[&str]) -> (RelayProcess, Call) {
+        let (relay, alice, bob, call_id) = relay_with_call(args, Seed, LengthPrefixed);
         let mut call = Call {
             alice,
             bob,
@@ -101,7 +101,7 @@ impl Call {
             round: 0,
         };
         call.exchange(100);
-        call
+        (relay, call)
     }
 
     fn next_payloads(&mut self, len: usize) -> (Vec<u8>, Vec<u8>) {
@@ -141,8 +141,7 @@ impl Call {
     #[track_caller]
     fn finish(mut self) {
         self.alice.end(&self.call_id);
-        self.alice.expect_end(&self.call_id);
-        self.bob.expect_end(&self.call_id);
+        expect_ended(&mut self.alice, &mut self.bob, &self.call_id);
         self.bob.barrier();
     }
 }
@@ -179,8 +178,7 @@ fn registered_sends(relay: &RelayProcess, user: &str, framing: Framing, bytes: &
 
 #[test]
 fn bad_registration_id_gets_bad_user_id() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     let long = vec![b'a'; 129];
     let ids: [&[u8]; 9] = [
         b"",
@@ -205,8 +203,7 @@ fn bad_registration_id_gets_bad_user_id() {
 
 #[test]
 fn too_long_id_is_refused_before_its_bytes_arrive() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     for framing in BOTH {
         let whole = registration(framing, &[b'a'; 129]);
         let header = &whole[..whole.len() - 129];
@@ -217,8 +214,7 @@ fn too_long_id_is_refused_before_its_bytes_arrive() {
 
 #[test]
 fn framed_registration_length_disagreeing_with_its_id_is_malformed() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     // Frame length 10, id length 5 (+3 = 8): two bytes too many.
     let too_long = cat(&[&[0, 0, 0, 10, 7, 0, 5], b"mallory"]);
     // Frame length 2: shorter than kind + id length.
@@ -231,8 +227,7 @@ fn framed_registration_length_disagreeing_with_its_id_is_malformed() {
 
 #[test]
 fn odd_qstring_length_is_malformed() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     let odd3 = [0, 0, 0, 3, 0, b'm', 0];
     let bodies: [Vec<u8>; 5] = [
         // TEXT with an odd recipient.
@@ -257,8 +252,7 @@ fn odd_qstring_length_is_malformed() {
 
 #[test]
 fn unknown_type_byte_is_refused() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     for framing in BOTH {
         for kind in [0x08, 0x1f, 0x20, 0xff] {
             let bytes = frame(framing, &[kind]);
@@ -270,8 +264,7 @@ fn unknown_type_byte_is_refused() {
 
 #[test]
 fn qstring_over_its_limit_is_too_large_before_its_body() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     for framing in BOTH {
         // CALL_REQUEST whose callee claims 2000 bytes (limit 1 KiB); the
         // frame length counts the body that is never sent.
@@ -298,8 +291,7 @@ fn qstring_over_its_limit_is_too_large_before_its_body() {
 
 #[test]
 fn framed_empty_frame_is_malformed() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     call.around(|| {
         registered_sends(
             &relay,
@@ -314,8 +306,7 @@ fn framed_empty_frame_is_malformed() {
 
 #[test]
 fn framed_media_over_4_mib_is_too_large() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     // Type byte + 4 MiB + 1 of payload; only the header is sent.
     let length: u32 = 1 + 4 * 1024 * 1024 + 1;
     let bytes = cat(&[&length.to_be_bytes(), &[6], &[0xaa; 100]]);
@@ -325,8 +316,7 @@ fn framed_media_over_4_mib_is_too_large() {
 
 #[test]
 fn framed_trailing_bytes_after_the_fields_are_malformed() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     // CALL_END with an empty ref (4 bytes) in a frame two bytes longer.
     let bytes = framed(&[5, 0, 0, 0, 0, 0xab, 0xcd]);
     call.around(|| registered_sends(&relay, "mallory", LengthPrefixed, &bytes, "malformed"));
@@ -335,8 +325,7 @@ fn framed_trailing_bytes_after_the_fields_are_malformed() {
 
 #[test]
 fn framed_file_length_disagreeing_with_its_data_is_malformed() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     let data = [0x42u8; 10];
     let body = cat(&[
         &[1],
@@ -355,8 +344,7 @@ fn framed_file_length_disagreeing_with_its_data_is_malformed() {
 
 #[test]
 fn file_over_max_file_is_too_large() {
-    let relay = RelayProcess::start(&["--max-file", "1K"]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&["--max-file", "1K"]);
     for framing in BOTH {
         // 1025 bytes of data claimed; only the header is sent.
         let header = cat(&[&[1], &qs("mallory"), &qs("f.bin"), &1025u32.to_be_bytes()]);
@@ -385,8 +373,7 @@ fn file_over_max_file_is_too_large() {
 
 #[test]
 fn heartbeat_suffix_naming_another_id_is_malformed() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     // Registered as "carol" (5 bytes); the suffix names "mallo".
     let body = cat(&[&[7, 0, 5], b"mallo"]);
     for framing in BOTH {
@@ -401,8 +388,7 @@ fn heartbeat_suffix_naming_another_id_is_malformed() {
 
 #[test]
 fn closing_before_choosing_a_framing_gets_no_error() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     let prefixes: [&[u8]; 5] = [b"", &[7], &[7, 0], &[0], &[0, 0]];
     for prefix in prefixes {
         call.around(|| {
@@ -436,8 +422,7 @@ fn closing_before_choosing_a_framing_gets_no_error() {
 
 #[test]
 fn garbage_after_a_valid_frame_is_an_error_after_the_frame() {
-    let relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (relay, mut call) = Call::start(&[]);
     for framing in BOTH {
         let text = encoded(
             framing,
@@ -448,13 +433,7 @@ fn garbage_after_a_valid_frame_is_an_error_after_the_frame() {
         );
         let garbage = frame(framing, &[0xff, 0, 1]);
         let expect_text_then_error = |client: &mut Client| {
-            assert_eq!(
-                client.recv(),
-                ServerMessage::Text {
-                    from: q("mallory"),
-                    text: q("before the garbage"),
-                }
-            );
+            client.expect_text("mallory", "before the garbage");
             expect_protocol_error(&relay, client, "unknown_type");
         };
         // Registered first, then TEXT + garbage in one write.
@@ -569,8 +548,7 @@ fn drain_to_eof(stream: &mut TcpStream, index: usize) {
 
 #[test]
 fn random_bytes_from_50_connections_never_crash_the_relay() {
-    let mut relay = RelayProcess::start(&[]);
-    let mut call = Call::start(&relay);
+    let (mut relay, mut call) = Call::start(&[]);
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     call.around(|| {
         let mut streams: Vec<TcpStream> = (0..50)
@@ -595,7 +573,6 @@ fn random_bytes_from_50_connections_never_crash_the_relay() {
     carol.media(b"still alive");
     dave.expect_bytes(b"\x06still alive");
     carol.end(&call_id);
-    carol.expect_end(&call_id);
-    dave.expect_end(&call_id);
+    expect_ended(&mut carol, &mut dave, &call_id);
     assert!(relay.is_running(), "the relay died");
 }

@@ -5,30 +5,26 @@ mod common;
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
 use callrelay::protocol::frame::ServerMessage;
-use common::{RelayProcess, accepted_call};
+use common::{
+    RelayProcess, accept_ringing, accepted_call, expect_ended, relay_with_call, relay_with_pair,
+    ring,
+};
 
 const BOTH: [Framing; 2] = [Seed, LengthPrefixed];
 
 #[test]
 fn request_rings_the_callee_and_accept_reaches_both() {
     for framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", framing);
-        let mut bob = relay.client("bob", framing);
-        alice.call("bob", false);
-        let call_id = bob.expect_incoming("alice", 0);
+        let (_relay, mut alice, mut bob) = relay_with_pair(&[], framing, framing);
+        let call_id = ring(&mut alice, &mut bob, false);
         alice.barrier();
-        bob.accept(&call_id);
-        alice.expect_accept(&call_id);
-        bob.expect_accept(&call_id);
+        accept_ringing(&mut alice, &mut bob, &call_id, &call_id);
     }
 }
 
 #[test]
 fn refused_requests_get_their_reason_and_a_fresh_id() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", Seed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, Seed);
     let mut carol = relay.client("carol", Seed);
     for (callee, reason) in [
         ("alice", "invalid"),
@@ -45,8 +41,7 @@ fn refused_requests_get_their_reason_and_a_fresh_id() {
     alice.expect_reject("invalid");
     // bob is ringing (alice -> bob): carol calling bob gets busy, and bob
     // (the callee of a ringing call) calling carol gets busy too.
-    alice.call("bob", true);
-    let call_id = bob.expect_incoming("alice", 1);
+    let call_id = ring(&mut alice, &mut bob, true);
     carol.call("bob", false);
     let refused = carol.expect_reject("busy");
     assert_ne!(refused, call_id, "another user's call id is never revealed");
@@ -57,9 +52,7 @@ fn refused_requests_get_their_reason_and_a_fresh_id() {
     alice.expect_reject("busy");
     carol.barrier();
     // accepted: still busy.
-    bob.accept(&call_id);
-    alice.expect_accept(&call_id);
-    bob.expect_accept(&call_id);
+    accept_ringing(&mut alice, &mut bob, &call_id, &call_id);
     carol.call("alice", false);
     carol.expect_reject("busy");
 }
@@ -67,70 +60,50 @@ fn refused_requests_get_their_reason_and_a_fresh_id() {
 #[test]
 fn callee_reject_sends_the_reason_to_both() {
     for framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", framing);
-        let mut bob = relay.client("bob", framing);
-        alice.call("bob", true);
-        let call_id = bob.expect_incoming("alice", 1);
+        let (_relay, mut alice, mut bob) = relay_with_pair(&[], framing, framing);
+        let call_id = ring(&mut alice, &mut bob, true);
         bob.reject(&call_id, "在忙 😀");
         assert_eq!(alice.expect_reject("在忙 😀"), call_id);
         assert_eq!(bob.expect_reject("在忙 😀"), call_id);
         // Both are free again.
-        bob.call("alice", false);
-        alice.expect_incoming("bob", 0);
+        ring(&mut bob, &mut alice, false);
     }
 }
 
 #[test]
 fn either_party_ends_an_accepted_call_by_any_ref() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", Seed);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    let call_id = accepted_call(&mut alice, &mut bob);
+    let (_relay, mut alice, mut bob, call_id) = relay_with_call(&[], Seed, LengthPrefixed);
     alice.end(&call_id);
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
     let call_id = accepted_call(&mut alice, &mut bob);
     bob.end("alice");
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
     let call_id = accepted_call(&mut alice, &mut bob);
     bob.end("");
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
 }
 
 #[test]
 fn caller_cancel_and_callee_reject_after_accept_end_the_call() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", Seed);
-    alice.call("bob", false);
-    let call_id = bob.expect_incoming("alice", 0);
+    let (_relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, Seed);
+    let call_id = ring(&mut alice, &mut bob, false);
     alice.reject(&call_id, "changed my mind");
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
     let call_id = accepted_call(&mut alice, &mut bob);
     bob.reject(&call_id, "bye");
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
     // Ending a ringing call from the callee side with END.
-    alice.call("bob", false);
-    let call_id = bob.expect_incoming("alice", 0);
+    let call_id = ring(&mut alice, &mut bob, false);
     bob.end(&call_id);
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
 }
 
 #[test]
 fn nobody_acts_on_a_call_they_are_not_in() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
     let mut mallory = relay.client("mallory", LengthPrefixed);
     let mut eve = relay.client("eve", Seed);
-    alice.call("bob", true);
-    let call_id = bob.expect_incoming("alice", 1);
+    let call_id = ring(&mut alice, &mut bob, true);
     // The caller accepting its own call is ignored (framed: ERROR).
     alice.accept(&call_id);
     alice.expect_error("no_such_call");
@@ -149,9 +122,7 @@ fn nobody_acts_on_a_call_they_are_not_in() {
     alice.barrier();
     bob.barrier();
     // The call is unharmed.
-    bob.accept("alice");
-    alice.expect_accept(&call_id);
-    bob.expect_accept(&call_id);
+    accept_ringing(&mut alice, &mut bob, "alice", &call_id);
     // The callee accepting again is ignored without an ERROR.
     bob.accept(&call_id);
     bob.barrier();
@@ -161,16 +132,12 @@ fn nobody_acts_on_a_call_they_are_not_in() {
 #[test]
 fn disconnect_mid_call_ends_it_for_the_other_party() {
     for framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", framing);
-        let mut bob = relay.client("bob", framing);
-        let call_id = accepted_call(&mut alice, &mut bob);
+        let (relay, mut alice, bob, call_id) = relay_with_call(&[], framing, framing);
         drop(bob);
         alice.expect_end(&call_id);
         // Ringing, the caller leaves.
         let mut bob = relay.client("bob", framing);
-        alice.call("bob", false);
-        let call_id = bob.expect_incoming("alice", 0);
+        let call_id = ring(&mut alice, &mut bob, false);
         drop(alice);
         bob.expect_end(&call_id);
     }
@@ -178,26 +145,20 @@ fn disconnect_mid_call_ends_it_for_the_other_party() {
 
 #[test]
 fn duplicate_registration_replaces_the_old_connection() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", Seed);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    let call_id = accepted_call(&mut alice, &mut bob);
+    let (relay, mut alice, mut bob, call_id) = relay_with_call(&[], Seed, LengthPrefixed);
     let mut bob_again = relay.client("bob", LengthPrefixed);
     bob.expect_error("replaced");
     bob.expect_closed();
     alice.expect_end(&call_id);
     // The new connection is the one online.
-    alice.call("bob", false);
-    bob_again.expect_incoming("alice", 0);
+    ring(&mut alice, &mut bob_again, false);
 }
 
 #[test]
 fn ring_timeout_refuses_the_caller_and_ends_the_callee() {
-    let relay = RelayProcess::start(&["--ring-timeout", "0.3"]);
-    let mut alice = relay.client("alice", Seed);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    alice.call("bob", true);
-    let call_id = bob.expect_incoming("alice", 1);
+    let (relay, mut alice, mut bob) =
+        relay_with_pair(&["--ring-timeout", "0.3"], Seed, LengthPrefixed);
+    let call_id = ring(&mut alice, &mut bob, true);
     assert_eq!(alice.expect_reject("timeout"), call_id);
     bob.expect_end(&call_id);
     relay.expect_log(&["ring_timeout"]);

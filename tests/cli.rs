@@ -3,14 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Instant;
 
 use callrelay::protocol::Framing::LengthPrefixed;
-use common::{Client, WAIT};
+use common::{
+    Client, WAIT, assert_mentions_every, read_all, read_all_in_background, spawn_with_stderr_lines,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_callrelay");
 
@@ -33,18 +34,12 @@ fn run(args: &[&str]) -> Run {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start callrelay");
-    let mut stdout = child.stdout.take().expect("stdout piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let out_thread = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
+    let stdout = child.stdout.take().expect("stdout piped");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let out_thread = read_all_in_background(stdout);
     let (sender, done) = channel();
     std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = sender.send(text);
+        let _ = sender.send(read_all(stderr));
     });
     // Both pipes close when the process exits.
     let Ok(stderr) = done.recv_timeout(WAIT) else {
@@ -66,7 +61,7 @@ fn help_exits_0_and_names_every_option() {
     for flag in ["--help", "-h"] {
         let run = run(&[flag]);
         assert_eq!(run.status.code(), Some(0), "{flag}: {}", run.stderr);
-        for option in [
+        let options = [
             "--listen",
             "--port",
             "--register-timeout",
@@ -84,13 +79,8 @@ fn help_exits_0_and_names_every_option() {
             "--output-hard",
             "--version",
             "--help",
-        ] {
-            assert!(
-                run.stdout.contains(option),
-                "{flag} does not mention {option}:\n{}",
-                run.stdout
-            );
-        }
+        ];
+        assert_mentions_every(&run.stdout, flag, &options);
     }
 }
 
@@ -157,24 +147,11 @@ impl Drop for Background {
 
 impl Background {
     fn start(args: &[&str]) -> Background {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start callrelay");
-        let stderr = child.stderr.take().expect("stderr piped");
         let (sender, lines) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let child = spawn_with_stderr_lines(
+            Command::new(BIN).args(args).env("RUST_LOG", "info"),
+            move |line| sender.send(line).is_ok(),
+        );
         Background { child, lines }
     }
 

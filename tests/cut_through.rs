@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use callrelay::protocol::Framing::LengthPrefixed;
 use callrelay::protocol::frame::{ClientMessage, DecodeError, ServerMessage, decode_server};
 use callrelay::protocol::qdatastream::{put_str, put_u32};
-use common::{Client, RelayProcess, WAIT, accepted_call, encode_in, file_frame_bytes, pattern, q};
+use common::{
+    Client, RelayProcess, SplitFile, WAIT, accepted_call, encode_in, file_frame_bytes,
+    file_message, pattern, q, relay_with_pair,
+};
 
 /// 1 MiB: the FILE the held frames wait behind.
 const MIB: usize = 1024 * 1024;
@@ -36,30 +39,6 @@ const SOFT: usize = 256 * 1024;
 const FIRST_DATA: usize = 1000;
 
 // ----- helpers ---------------------------------------------------------------
-
-/// Waits for a TEXT from `from` with `text`.
-#[track_caller]
-fn expect_text(client: &mut Client, from: &str, text: &str) {
-    assert_eq!(
-        client.recv(),
-        ServerMessage::Text {
-            from: q(from),
-            text: q(text),
-        }
-    );
-}
-
-/// The wire bytes of a length-prefixed FILE from a client.
-fn file_message(to: &str, name: &str, data: &[u8]) -> Vec<u8> {
-    encode_in(
-        &ClientMessage::File {
-            to: q(to),
-            name: q(name),
-            data: data.to_vec(),
-        },
-        LengthPrefixed,
-    )
-}
 
 /// The length-prefixed header of a FILE declaring `data_len` bytes of data:
 /// `quint32 frame length`, `1`, `QString party`, `QString name`,
@@ -74,12 +53,6 @@ fn file_header(party: &str, name: &str, data_len: u32) -> Vec<u8> {
     let mut out = frame_len.to_be_bytes().to_vec();
     out.extend_from_slice(&body);
     out
-}
-
-/// The number of header bytes before the data in `frame`, a FILE frame
-/// carrying `data_len` bytes of data.
-fn header_len(frame: &[u8], data_len: usize) -> usize {
-    frame.len() - data_len
 }
 
 /// A TEXT of 30 000 UTF-16 code units (60 000 wire bytes, under the
@@ -129,21 +102,10 @@ fn expect_paused(relay: &RelayProcess, sender: &Client, dest: &Client) {
 // or as a stalled sender, and bob got a zero-padded file).
 #[test]
 fn held_text_past_the_soft_limit_does_not_deadlock_the_file() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
     let mut carol = relay.client("carol", LengthPrefixed);
-    let data = pattern(MIB);
-    let name = "big.bin";
-    let sent = file_message("bob", name, &data);
-    let expected = file_frame_bytes(LengthPrefixed, "alice", name, &data);
-    let (sent_header, expected_header) = (
-        header_len(&sent, data.len()),
-        header_len(&expected, data.len()),
-    );
-
-    alice.send_raw(&sent[..sent_header + FIRST_DATA]);
-    bob.expect_bytes(&expected[..expected_header + FIRST_DATA]);
+    let file = SplitFile::new(&alice, &bob, "big.bin", &pattern(MIB), FIRST_DATA);
+    file.send_head(&mut alice, &mut bob);
 
     let texts: Vec<String> = (0..5).map(held_text).collect();
     let held: usize = texts
@@ -157,11 +119,9 @@ fn held_text_past_the_soft_limit_does_not_deadlock_the_file() {
     // All five are handled and held: the fifth paused carol.
     expect_paused(&relay, &carol, &bob);
 
-    let writer = alice.send_in_background(sent[sent_header + FIRST_DATA..].to_vec());
-    bob.expect_bytes(&expected[expected_header + FIRST_DATA..]);
-    writer.join().expect("alice's sender thread");
+    file.send_rest(&alice, &mut bob);
     for text in &texts {
-        expect_text(&mut bob, "carol", text);
+        bob.expect_text("carol", text);
     }
     carol.barrier();
     alice.barrier();
@@ -194,22 +154,11 @@ fn held_media_past_the_soft_limit_does_not_deadlock_the_file() {
     const UNDER_SOFT: u32 = 13;
     assert!(UNDER_SOFT as usize * (PAYLOAD + 5) < SOFT);
     assert!((UNDER_SOFT + 1) as usize * (PAYLOAD + 5) >= SOFT);
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
     let mut dave = relay.client("dave", LengthPrefixed);
     let call_id = accepted_call(&mut dave, &mut bob);
-    let data = pattern(MIB);
-    let name = "during-call.bin";
-    let sent = file_message("bob", name, &data);
-    let expected = file_frame_bytes(LengthPrefixed, "alice", name, &data);
-    let (sent_header, expected_header) = (
-        header_len(&sent, data.len()),
-        header_len(&expected, data.len()),
-    );
-
-    alice.send_raw(&sent[..sent_header + FIRST_DATA]);
-    bob.expect_bytes(&expected[..expected_header + FIRST_DATA]);
+    let file = SplitFile::new(&alice, &bob, "during-call.bin", &pattern(MIB), FIRST_DATA);
+    file.send_head(&mut alice, &mut bob);
 
     let media = |seq: u32| {
         encode_in(
@@ -230,9 +179,7 @@ fn held_media_past_the_soft_limit_does_not_deadlock_the_file() {
     let rest: Vec<u8> = (UNDER_SOFT + 1..FRAMES).flat_map(media).collect();
     let dave_writer = dave.send_in_background(rest);
 
-    let alice_writer = alice.send_in_background(sent[sent_header + FIRST_DATA..].to_vec());
-    bob.expect_bytes(&expected[expected_header + FIRST_DATA..]);
-    alice_writer.join().expect("alice's sender thread");
+    file.send_rest(&alice, &mut bob);
     dave_writer.join().expect("dave's sender thread");
 
     dave.end("");
@@ -286,12 +233,9 @@ fn a_text_during_a_file_to_oneself_waits_for_the_whole_file() {
     let data = pattern(64 * 1024);
     let half = data.len() / 2;
     let name = "note-to-self.bin";
-    let sent = file_message("bob", name, &data);
+    let sent = file_message(LengthPrefixed, "bob", name, &data);
     let expected = file_frame_bytes(LengthPrefixed, "bob", name, &data);
-    let (sent_header, expected_header) = (
-        header_len(&sent, data.len()),
-        header_len(&expected, data.len()),
-    );
+    let (sent_header, expected_header) = (sent.len() - data.len(), expected.len() - data.len());
 
     bob.send_raw(&sent[..sent_header + half]);
     let mut stream = bob.read_exact_bytes(expected_header);
@@ -327,7 +271,7 @@ fn a_text_during_a_file_to_oneself_waits_for_the_whole_file() {
         );
     }
     assert_eq!(got_data.len(), data.len(), "the FILE's data length");
-    expect_text(&mut bob, "carol", "while you were talking to yourself");
+    bob.expect_text("carol", "while you were talking to yourself");
     bob.barrier();
     carol.barrier();
 }
@@ -343,20 +287,15 @@ fn a_text_during_a_file_to_oneself_waits_for_the_whole_file() {
 // the new bob and alice go on working.
 #[test]
 fn a_receiver_replaced_mid_frame_gets_no_error_inside_the_frame() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut old_bob = relay.client("bob", LengthPrefixed);
-    let data = pattern(MIB);
-    let name = "interrupted.bin";
-    let sent = file_message("bob", name, &data);
-    let expected = file_frame_bytes(LengthPrefixed, "alice", name, &data);
-    let (sent_header, expected_header) = (
-        header_len(&sent, data.len()),
-        header_len(&expected, data.len()),
+    let (relay, mut alice, mut old_bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
+    let file = SplitFile::new(
+        &alice,
+        &old_bob,
+        "interrupted.bin",
+        &pattern(MIB),
+        FIRST_DATA,
     );
-
-    alice.send_raw(&sent[..sent_header + FIRST_DATA]);
-    old_bob.expect_bytes(&expected[..expected_header + FIRST_DATA]);
+    file.send_head(&mut alice, &mut old_bob);
 
     let mut new_bob = relay.client("bob", LengthPrefixed);
     // Everything up to EOF: nothing (no ERROR `replaced`) after the
@@ -364,12 +303,12 @@ fn a_receiver_replaced_mid_frame_gets_no_error_inside_the_frame() {
     old_bob.expect_closed();
     relay.expect_log(&[&conn_id(&relay, &old_bob), "closed: replaced"]);
 
-    let writer = alice.send_in_background(sent[sent_header + FIRST_DATA..].to_vec());
+    let writer = file.send_rest_in_background(&alice);
     writer.join().expect("alice's sender thread");
     alice.barrier();
     new_bob.barrier();
     alice.text("bob", "are you the new bob?");
-    expect_text(&mut new_bob, "alice", "are you the new bob?");
+    new_bob.expect_text("alice", "are you the new bob?");
     new_bob.barrier();
 }
 
@@ -460,17 +399,11 @@ fn trickled_file_sender_is_closed_after_the_stall_timeout(args: &[&str], stall: 
         forwarded >= 1,
         "none of mallory's {trickled} trickled bytes reached bob"
     );
-    expect_text(&mut bob, "carol", "can you hear me?");
+    bob.expect_text("carol", "can you hear me?");
     bob.barrier();
     carol.barrier();
     let bob_closed = format!("{bob_id} (bob) closed");
-    assert!(
-        !relay
-            .log_snapshot()
-            .iter()
-            .any(|line| line.contains(&bob_closed)),
-        "bob was closed"
-    );
+    assert!(!relay.log_contains(&bob_closed), "bob was closed");
 }
 
 // The stall bound with `--stall-timeout 0.5`, as the review asked.
@@ -491,9 +424,7 @@ fn trickled_file_sender_is_closed_after_a_half_second_stall_timeout() {
 // Before the fix, dave was paused until alice's frame ended.
 #[test]
 fn a_frame_held_outside_any_input_pauses_nobody() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
     let mut carol = relay.client("carol", LengthPrefixed);
     let mut dave = relay.client("dave", LengthPrefixed);
     let mut eve = relay.client("eve", LengthPrefixed);

@@ -7,34 +7,12 @@
 mod common;
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
-use callrelay::protocol::frame::{ClientMessage, ServerMessage};
-use common::{Client, RelayProcess, encode_in, file_frame_bytes, pattern, q};
+use callrelay::protocol::frame::ClientMessage;
+use common::{
+    RelayProcess, SplitFile, encode_in, file_frame_bytes, file_message, pattern, q, relay_with_pair,
+};
 
 const BOTH: [Framing; 2] = [Seed, LengthPrefixed];
-
-/// Waits for a TEXT from `from` with `text`.
-#[track_caller]
-fn expect_text(client: &mut Client, from: &str, text: &str) {
-    assert_eq!(
-        client.recv(),
-        ServerMessage::Text {
-            from: q(from),
-            text: q(text),
-        }
-    );
-}
-
-/// The wire bytes of a FILE from a client in `framing`.
-fn file_message(framing: Framing, to: &str, name: &str, data: &[u8]) -> Vec<u8> {
-    encode_in(
-        &ClientMessage::File {
-            to: q(to),
-            name: q(name),
-            data: data.to_vec(),
-        },
-        framing,
-    )
-}
 
 // TEXT reaches the named user in every framing combination, with `from`
 // being the sender's registered id (the client message has no sender
@@ -43,17 +21,15 @@ fn file_message(framing: Framing, to: &str, name: &str, data: &[u8]) -> Vec<u8> 
 fn text_is_delivered_with_from_set_by_the_server() {
     for alice_framing in BOTH {
         for bob_framing in BOTH {
-            let relay = RelayProcess::start(&[]);
-            let mut alice = relay.client("alice", alice_framing);
-            let mut bob = relay.client("bob", bob_framing);
+            let (relay, mut alice, mut bob) = relay_with_pair(&[], alice_framing, bob_framing);
             let mut carol = relay.client("carol", Seed);
             alice.text("bob", "hello bob");
-            expect_text(&mut bob, "alice", "hello bob");
+            bob.expect_text("alice", "hello bob");
             bob.text("alice", "");
-            expect_text(&mut alice, "bob", "");
+            alice.expect_text("bob", "");
             // A text that names another user is still from its sender.
             alice.text("bob", "from carol, honestly");
-            expect_text(&mut bob, "alice", "from carol, honestly");
+            bob.expect_text("alice", "from carol, honestly");
             carol.barrier();
             alice.barrier();
             bob.barrier();
@@ -72,11 +48,11 @@ fn text_to_oneself_and_non_bmp_characters() {
         let mut smile = relay.client("😀smile", framing);
         let mut clef = relay.client("𝄞clef", framing);
         smile.text("😀smile", text);
-        expect_text(&mut smile, "😀smile", text);
+        smile.expect_text("😀smile", text);
         smile.text("𝄞clef", text);
-        expect_text(&mut clef, "😀smile", text);
+        clef.expect_text("😀smile", text);
         clef.text("😀smile", "🎉");
-        expect_text(&mut smile, "𝄞clef", "🎉");
+        smile.expect_text("𝄞clef", "🎉");
         smile.barrier();
         clef.barrier();
     }
@@ -114,9 +90,7 @@ fn an_8_mib_file_is_byte_exact_in_every_framing_combination() {
     let name = "résumé 😀.bin";
     for alice_framing in BOTH {
         for bob_framing in BOTH {
-            let relay = RelayProcess::start(&[]);
-            let mut alice = relay.client("alice", alice_framing);
-            let mut bob = relay.client("bob", bob_framing);
+            let (_relay, mut alice, mut bob) = relay_with_pair(&[], alice_framing, bob_framing);
             let writer = alice.send_in_background(file_message(alice_framing, "bob", name, &data));
             bob.expect_bytes(&file_frame_bytes(bob_framing, "alice", name, &data));
             writer.join().expect("sender thread");
@@ -133,9 +107,7 @@ fn an_8_mib_file_is_byte_exact_in_every_framing_combination() {
 #[test]
 fn file_to_an_offline_user_is_discarded_exactly() {
     for framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", framing);
-        let mut bob = relay.client("bob", LengthPrefixed);
+        let (_relay, mut alice, mut bob) = relay_with_pair(&[], framing, LengthPrefixed);
         let mut data = Vec::new();
         while data.len() < 1024 * 1024 {
             data.extend(encode_in(
@@ -153,7 +125,7 @@ fn file_to_an_offline_user_is_discarded_exactly() {
         alice.barrier();
         bob.barrier();
         alice.text("bob", "after the file");
-        expect_text(&mut bob, "alice", "after the file");
+        bob.expect_text("alice", "after the file");
     }
 }
 
@@ -164,9 +136,7 @@ fn file_to_an_offline_user_is_discarded_exactly() {
 #[test]
 fn a_file_sender_is_paused_while_the_receiver_does_not_read() {
     let data = pattern(16 * 1024 * 1024);
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
     let writer = alice.send_in_background(file_message(LengthPrefixed, "bob", "big", &data));
     relay.expect_log(&["paused until"]);
     bob.expect_bytes(&file_frame_bytes(LengthPrefixed, "alice", "big", &data));
@@ -183,26 +153,17 @@ fn a_text_during_a_file_arrives_after_the_whole_file() {
     let data = pattern(2 * 1024 * 1024);
     let name = "part.bin";
     for (alice_framing, bob_framing) in [(LengthPrefixed, Seed), (Seed, LengthPrefixed)] {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", alice_framing);
-        let mut bob = relay.client("bob", bob_framing);
+        let (relay, mut alice, mut bob) = relay_with_pair(&[], alice_framing, bob_framing);
         let mut carol = relay.client("carol", LengthPrefixed);
-        let sent = file_message(alice_framing, "bob", name, &data);
-        let expected = file_frame_bytes(bob_framing, "alice", name, &data);
-        let first_data = 100_000;
-        let sent_header = sent.len() - data.len();
-        let expected_header = expected.len() - data.len();
         // The header and the first data bytes; bob sees them cut through.
-        alice.send_raw(&sent[..sent_header + first_data]);
-        bob.expect_bytes(&expected[..expected_header + first_data]);
+        let file = SplitFile::new(&alice, &bob, name, &data, 100_000);
+        file.send_head(&mut alice, &mut bob);
         // carol's TEXT is handled now (carol's barrier follows it).
         carol.text("bob", "between?");
         carol.barrier();
         // The rest of the file, while bob reads.
-        let writer = alice.send_in_background(sent[sent_header + first_data..].to_vec());
-        bob.expect_bytes(&expected[expected_header + first_data..]);
-        writer.join().expect("sender thread");
-        expect_text(&mut bob, "carol", "between?");
+        file.send_rest(&alice, &mut bob);
+        bob.expect_text("carol", "between?");
         bob.barrier();
         alice.barrier();
     }

@@ -6,25 +6,16 @@
 mod common;
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
-use callrelay::protocol::frame::{ClientMessage, ServerMessage};
-use common::{Client, RelayProcess, accepted_call, media_frame_bytes, q, seed_safe_payload};
+use callrelay::protocol::frame::ClientMessage;
+use common::{
+    Client, RelayProcess, accept_ringing, expect_ended, media_frame_bytes, q, relay_with_call,
+    seed_safe_payload,
+};
 
 const BOTH: [Framing; 2] = [Seed, LengthPrefixed];
 
 /// The relay's answer to a length-prefixed heartbeat.
 const FRAMED_HEARTBEAT: [u8; 5] = [0, 0, 0, 1, 7];
-
-/// Waits for a TEXT from `from` with `text`.
-#[track_caller]
-fn expect_text(client: &mut Client, from: &str, text: &str) {
-    assert_eq!(
-        client.recv(),
-        ServerMessage::Text {
-            from: q(from),
-            text: q(text),
-        }
-    );
-}
 
 /// Writes `message` one byte per write.
 #[track_caller]
@@ -33,10 +24,50 @@ fn drip(client: &mut Client, message: &ClientMessage) {
     client.drip(&bytes);
 }
 
+/// Starts a relay with "bob" registered in `bob_framing`; then "alice",
+/// in `alice_framing`, writes her registration, a TEXT to herself (which
+/// she must get back) and a CALL_REQUEST to bob (with video or not), each
+/// one byte per write. Returns once bob rings, with the call id.
+#[track_caller]
+fn dripped_call_request(
+    alice_framing: Framing,
+    bob_framing: Framing,
+    video: bool,
+) -> (RelayProcess, Client, Client, String) {
+    let relay = RelayProcess::start(&[]);
+    let mut bob = relay.client("bob", bob_framing);
+    let mut alice = relay.connect(alice_framing);
+    alice.user = "alice".to_owned();
+    drip(
+        &mut alice,
+        &ClientMessage::Register {
+            kind: 7,
+            user: "alice".to_owned(),
+        },
+    );
+    drip(&mut alice, &text("alice", "registered?"));
+    alice.expect_text("alice", "registered?");
+    drip(
+        &mut alice,
+        &ClientMessage::CallRequest {
+            callee: q("bob"),
+            video: u8::from(video),
+        },
+    );
+    let call_id = bob.expect_incoming("alice", u8::from(video));
+    (relay, alice, bob, call_id)
+}
+
 fn text(to: &str, text: &str) -> ClientMessage {
     ClientMessage::Text {
         to: q(to),
         text: q(text),
+    }
+}
+
+fn media(payload: &[u8]) -> ClientMessage {
+    ClientMessage::Media {
+        payload: payload.to_vec(),
     }
 }
 
@@ -54,53 +85,21 @@ fn heartbeat(suffix: Option<&str>) -> ClientMessage {
 // recognised (its prefix is not taken for media).
 #[test]
 fn a_seed_conversation_dripped_one_byte_at_a_time() {
-    let relay = RelayProcess::start(&[]);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    let mut alice = relay.connect(Seed);
-    alice.user = "alice".to_owned();
-    drip(
-        &mut alice,
-        &ClientMessage::Register {
-            kind: 7,
-            user: "alice".to_owned(),
-        },
-    );
-    drip(&mut alice, &text("alice", "registered?"));
-    expect_text(&mut alice, "alice", "registered?");
-    drip(
-        &mut alice,
-        &ClientMessage::CallRequest {
-            callee: q("bob"),
-            video: 1,
-        },
-    );
-    let call_id = bob.expect_incoming("alice", 1);
-    bob.accept("alice");
-    alice.expect_accept(&call_id);
-    bob.expect_accept(&call_id);
+    let (_relay, mut alice, mut bob, call_id) = dripped_call_request(Seed, LengthPrefixed, true);
+    accept_ringing(&mut alice, &mut bob, "alice", &call_id);
     // Before any media, a TEXT is a TEXT; heartbeats go unanswered.
     drip(&mut alice, &text("bob", "hi bob 😀"));
-    expect_text(&mut bob, "alice", "hi bob 😀");
+    bob.expect_text("alice", "hi bob 😀");
     drip(&mut alice, &heartbeat(Some("alice")));
     drip(&mut alice, &heartbeat(None));
     let first = seed_safe_payload(40, 1);
-    drip(
-        &mut alice,
-        &ClientMessage::Media {
-            payload: first.clone(),
-        },
-    );
+    drip(&mut alice, &media(&first));
     bob.expect_media_chunks(&first);
     // Media mode: heartbeats are still heartbeats, then more media.
     drip(&mut alice, &heartbeat(None));
     drip(&mut alice, &heartbeat(Some("alice")));
     let second = seed_safe_payload(40, 2);
-    drip(
-        &mut alice,
-        &ClientMessage::Media {
-            payload: second.clone(),
-        },
-    );
+    drip(&mut alice, &media(&second));
     bob.expect_media_chunks(&second);
     drip(
         &mut alice,
@@ -108,8 +107,7 @@ fn a_seed_conversation_dripped_one_byte_at_a_time() {
             call_ref: q(&call_id),
         },
     );
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
     alice.barrier();
     bob.barrier();
 }
@@ -121,49 +119,22 @@ fn a_seed_conversation_dripped_one_byte_at_a_time() {
 #[test]
 fn a_framed_conversation_dripped_one_byte_at_a_time() {
     for bob_framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut bob = relay.client("bob", bob_framing);
-        let mut alice = relay.connect(LengthPrefixed);
-        alice.user = "alice".to_owned();
-        drip(
-            &mut alice,
-            &ClientMessage::Register {
-                kind: 7,
-                user: "alice".to_owned(),
-            },
-        );
-        drip(&mut alice, &text("alice", "registered?"));
-        expect_text(&mut alice, "alice", "registered?");
-        drip(
-            &mut alice,
-            &ClientMessage::CallRequest {
-                callee: q("bob"),
-                video: 0,
-            },
-        );
-        let call_id = bob.expect_incoming("alice", 0);
-        bob.accept(&call_id);
-        alice.expect_accept(&call_id);
-        bob.expect_accept(&call_id);
+        let (_relay, mut alice, mut bob, call_id) =
+            dripped_call_request(LengthPrefixed, bob_framing, false);
+        accept_ringing(&mut alice, &mut bob, &call_id, &call_id);
         drip(&mut alice, &text("bob", "hi bob"));
-        expect_text(&mut bob, "alice", "hi bob");
+        bob.expect_text("alice", "hi bob");
         let payload: Vec<u8> = (0..=255u8).collect();
-        drip(
-            &mut alice,
-            &ClientMessage::Media {
-                payload: payload.clone(),
-            },
-        );
+        drip(&mut alice, &media(&payload));
         bob.expect_bytes(&media_frame_bytes(bob_framing, &payload));
         drip(&mut alice, &heartbeat(None));
         alice.expect_bytes(&FRAMED_HEARTBEAT);
         drip(&mut alice, &heartbeat(Some("alice")));
         alice.expect_bytes(&FRAMED_HEARTBEAT);
         drip(&mut alice, &text("bob", "still text"));
-        expect_text(&mut bob, "alice", "still text");
+        bob.expect_text("alice", "still text");
         drip(&mut alice, &ClientMessage::CallEnd { call_ref: q("") });
-        alice.expect_end(&call_id);
-        bob.expect_end(&call_id);
+        expect_ended(&mut alice, &mut bob, &call_id);
         alice.barrier();
         bob.barrier();
     }
@@ -186,7 +157,7 @@ fn twenty_text_frames_coalesced_in_one_write() {
         }
         alice.send_raw(&burst);
         for k in 0..20 {
-            expect_text(&mut alice, "alice", &format!("text {k}"));
+            alice.expect_text("alice", &format!("text {k}"));
         }
         alice.barrier();
     }
@@ -198,18 +169,14 @@ fn twenty_text_frames_coalesced_in_one_write() {
 #[test]
 fn twenty_framed_media_frames_coalesced_in_one_write() {
     for bob_framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", LengthPrefixed);
-        let mut bob = relay.client("bob", bob_framing);
-        let call_id = accepted_call(&mut alice, &mut bob);
+        let (_relay, mut alice, mut bob, call_id) =
+            relay_with_call(&[], LengthPrefixed, bob_framing);
         let frames: Vec<Vec<u8>> = (0..20u8)
             .map(|k| (0..(k as usize * 11 + 1)).map(|i| (i as u8) ^ k).collect())
             .collect();
         let mut burst = Vec::new();
         for (k, payload) in frames.iter().enumerate() {
-            burst.extend(alice.encode(&ClientMessage::Media {
-                payload: payload.clone(),
-            }));
+            burst.extend(alice.encode(&media(payload)));
             if k == 9 {
                 burst.extend(alice.encode(&heartbeat(None)));
                 burst.extend(alice.encode(&text("bob", "in the middle")));
@@ -219,14 +186,13 @@ fn twenty_framed_media_frames_coalesced_in_one_write() {
         for (k, payload) in frames.iter().enumerate() {
             bob.expect_media_frame(payload);
             if k == 9 {
-                expect_text(&mut bob, "alice", "in the middle");
+                bob.expect_text("alice", "in the middle");
             }
         }
         alice.expect_bytes(&FRAMED_HEARTBEAT);
         bob.barrier();
         alice.end(&call_id);
-        alice.expect_end(&call_id);
-        bob.expect_end(&call_id);
+        expect_ended(&mut alice, &mut bob, &call_id);
     }
 }
 
@@ -270,7 +236,7 @@ fn seed_heartbeats_are_accepted_and_not_answered() {
     }
     alice.send_raw(&burst);
     for _ in 0..5 {
-        expect_text(&mut alice, "alice", "after a heartbeat");
+        alice.expect_text("alice", "after a heartbeat");
     }
     alice.barrier();
 }
@@ -340,10 +306,10 @@ fn framing_is_chosen_by_the_first_three_bytes() {
     short.barrier();
     // Each gets the other's TEXT in its own framing.
     seed.text("s", "seed to seed");
-    expect_text(&mut short, "seed0", "seed to seed");
+    short.expect_text("seed0", "seed to seed");
     let mut framed = relay.client("framed", LengthPrefixed);
     framed.text("seed0", "framed to seed");
-    expect_text(&mut seed, "framed", "framed to seed");
+    seed.expect_text("framed", "framed to seed");
     framed.barrier();
     seed.barrier();
     short.barrier();

@@ -12,14 +12,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::RelayProcess;
+use common::{RelayProcess, assert_mentions_every, read_all_in_background};
 
 const LOAD: &str = env!("CARGO_BIN_EXE_callrelay-load");
 
@@ -79,13 +79,8 @@ fn spawn(args: &[&str]) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start callrelay-load");
-    let mut stdout = child.stdout.take().expect("stdout piped");
+    let stdout = read_all_in_background(child.stdout.take().expect("stdout piped"));
     let stderr = child.stderr.take().expect("stderr piped");
-    let stdout = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
     let (sender, stderr_lines) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
@@ -175,13 +170,31 @@ fn run(args: &[&str]) -> Finished {
     spawn(args).finish()
 }
 
-/// Runs the tool against `addr` with `--json --quiet` added.
+/// The arguments written in `line`, separated by white space (none of
+/// them contains any).
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// Runs the tool with the arguments written in `line`.
 #[track_caller]
-fn run_at(addr: SocketAddr, args: &[&str]) -> Finished {
-    let addr = addr.to_string();
-    let mut all = args.to_vec();
-    all.extend(["--addr", &addr, "--json", "--quiet"]);
-    run(&all)
+fn run_line(line: &str) -> Finished {
+    run(&words(line))
+}
+
+/// Runs the tool with the arguments written in `line` against `addr`, with
+/// `--json --quiet` added.
+#[track_caller]
+fn run_at(addr: SocketAddr, line: &str) -> Finished {
+    run_line(&format!("{line} --addr {addr} --json --quiet"))
+}
+
+/// Starts a relay, runs the tool with the arguments in `line` against it
+/// ([`run_at`]) and returns the JSON of the run, which must exit 0.
+#[track_caller]
+fn json_from_a_new_relay(line: &str) -> String {
+    let relay = RelayProcess::start(&[]);
+    run_at(relay.addr(), line).json().to_owned()
 }
 
 // ----- reading the JSON ------------------------------------------------------
@@ -314,29 +327,21 @@ fn assert_media_clean(json: &str) {
     );
 }
 
+/// [`assert_media_clean`] for a flat-out run through `target`, which
+/// delivered something.
+#[track_caller]
+fn assert_flat_out_clean(json: &str, target: &str) {
+    assert_media_clean(json);
+    assert_eq!(string(json, "target"), target, "{json}");
+    assert!(num(json, "delivered_mibps") > 0.0, "{json}");
+}
+
 /// 3 pairs at 100 frames/s for 1 s: about 300 frames, all delivered.
 #[track_caller]
 fn paced_media(framing: &str) {
-    let relay = RelayProcess::start(&[]);
-    let run = run_at(
-        relay.addr(),
-        &[
-            "media",
-            "--pairs",
-            "3",
-            "--rate",
-            "100",
-            "--size",
-            "200",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-            "--framing",
-            framing,
-        ],
-    );
-    let json = run.json();
+    let json = &json_from_a_new_relay(&format!(
+        "media --pairs 3 --rate 100 --size 200 --duration 1 --warmup 0.3 --framing {framing}"
+    ));
     assert_media_clean(json);
     assert_eq!(string(json, "framing"), framing, "{json}");
     assert_eq!(string(json, "target"), "relay", "{json}");
@@ -360,21 +365,7 @@ fn media_paced_seed_delivers_every_frame() {
 
 #[test]
 fn media_both_directions_flat_out_loses_nothing() {
-    let relay = RelayProcess::start(&[]);
-    let run = run_at(
-        relay.addr(),
-        &[
-            "media",
-            "--both",
-            "--pairs",
-            "2",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-        ],
-    );
-    let json = run.json();
+    let json = &json_from_a_new_relay("media --both --pairs 2 --duration 1 --warmup 0.3");
     assert_media_clean(json);
     assert_eq!(num(json, "streams"), 4.0, "{json}");
     assert!(num(json, "delivered_mibps") > 0.0, "{json}");
@@ -382,23 +373,8 @@ fn media_both_directions_flat_out_loses_nothing() {
 
 #[test]
 fn media_direct_needs_no_relay() {
-    let run = run(&[
-        "media",
-        "--target",
-        "direct",
-        "--pairs",
-        "2",
-        "--duration",
-        "1",
-        "--warmup",
-        "0.3",
-        "--json",
-        "--quiet",
-    ]);
-    let json = run.json();
-    assert_media_clean(json);
-    assert_eq!(string(json, "target"), "direct", "{json}");
-    assert!(num(json, "delivered_mibps") > 0.0, "{json}");
+    let run = run_line("media --target direct --pairs 2 --duration 1 --warmup 0.3 --json --quiet");
+    assert_flat_out_clean(run.json(), "direct");
 }
 
 /// A free loopback address (bound, then released).
@@ -436,48 +412,20 @@ fn byte_pipe(sink: SocketAddr, connections: usize) -> SocketAddr {
 fn media_through_a_byte_pipe() {
     let sink = free_addr();
     let pipe = byte_pipe(sink, 2);
-    let sink = sink.to_string();
     let run = run_at(
         pipe,
-        &[
-            "media",
-            "--target",
-            "pipe",
-            "--sink",
-            &sink,
-            "--pairs",
-            "2",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.3",
-        ],
+        &format!("media --target pipe --sink {sink} --pairs 2 --duration 1 --warmup 0.3"),
     );
-    let json = run.json();
-    assert_media_clean(json);
-    assert_eq!(string(json, "target"), "pipe", "{json}");
-    assert!(num(json, "delivered_mibps") > 0.0, "{json}");
+    assert_flat_out_clean(run.json(), "pipe");
 }
 
 #[test]
 fn server_pid_adds_the_servers_cpu_and_memory() {
     let relay = RelayProcess::start(&[]);
-    let pid = relay.pid().to_string();
+    let pid = relay.pid();
     let media = run_at(
         relay.addr(),
-        &[
-            "media",
-            "--rate",
-            "100",
-            "--size",
-            "200",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--server-pid",
-            &pid,
-        ],
+        &format!("media --rate 100 --size 200 --duration 1 --warmup 0.2 --server-pid {pid}"),
     );
     let json = media.json();
     assert_media_clean(json);
@@ -486,17 +434,7 @@ fn server_pid_adds_the_servers_cpu_and_memory() {
 
     let calls = run_at(
         relay.addr(),
-        &[
-            "calls",
-            "--pairs",
-            "1",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0.2",
-            "--server-pid",
-            &pid,
-        ],
+        &format!("calls --pairs 1 --duration 0.5 --warmup 0.2 --server-pid {pid}"),
     );
     let json = calls.json();
     assert!(nested(json, "server", "cpu_s") >= 0.0, "{json}");
@@ -505,17 +443,7 @@ fn server_pid_adds_the_servers_cpu_and_memory() {
     // Without --server-pid there is no server object.
     let plain = run_at(
         relay.addr(),
-        &[
-            "media",
-            "--rate",
-            "100",
-            "--size",
-            "200",
-            "--duration",
-            "0.3",
-            "--warmup",
-            "0",
-        ],
+        "media --rate 100 --size 200 --duration 0.3 --warmup 0",
     );
     let json = plain.json();
     assert!(!json.contains("\"server\""), "{json}");
@@ -525,20 +453,7 @@ fn server_pid_adds_the_servers_cpu_and_memory() {
 
 #[test]
 fn calls_complete_without_errors() {
-    let relay = RelayProcess::start(&[]);
-    let run = run_at(
-        relay.addr(),
-        &[
-            "calls",
-            "--pairs",
-            "2",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-        ],
-    );
-    let json = run.json();
+    let json = &json_from_a_new_relay("calls --pairs 2 --duration 1 --warmup 0.2");
     assert_eq!(string(json, "mode"), "calls", "{json}");
     let calls = num(json, "calls");
     assert!(calls > 0.0, "{json}");
@@ -556,20 +471,7 @@ fn calls_complete_without_errors() {
 
 #[test]
 fn idle_holds_every_connection() {
-    let relay = RelayProcess::start(&[]);
-    let run = run_at(
-        relay.addr(),
-        &[
-            "idle",
-            "--connections",
-            "200",
-            "--duration",
-            "1",
-            "--heartbeat",
-            "0.2",
-        ],
-    );
-    let json = run.json();
+    let json = &json_from_a_new_relay("idle --connections 200 --duration 1 --heartbeat 0.2");
     assert_eq!(string(json, "mode"), "idle", "{json}");
     assert_eq!(num(json, "connections_requested"), 200.0, "{json}");
     assert_eq!(num(json, "established"), 200.0, "{json}");
@@ -611,16 +513,9 @@ fn tool_media_frame(size: usize, stream: u64, sequence: u64) -> Vec<u8> {
 
 #[test]
 fn sink_counts_hand_written_frames() {
-    let mut sink = spawn(&[
-        "sink",
-        "--listen",
-        "127.0.0.1:0",
-        "--size",
-        "64",
-        "--duration",
-        "1",
-        "--json",
-    ]);
+    let mut sink = spawn(&words(
+        "sink --listen 127.0.0.1:0 --size 64 --duration 1 --json",
+    ));
     let line = sink.wait_stderr("sink listening on ");
     let addr: SocketAddr = line
         .rsplit(' ')
@@ -685,19 +580,8 @@ fn pipe_without_sink_is_bad_use() {
 #[test]
 
 fn flat_out_window_below_one_frame_still_sends_or_is_bad_use() {
-    let run = run(&[
-        "media",
-        "--target",
-        "direct",
-        "--window",
-        "100",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--json",
-        "--quiet",
-    ]);
+    let run =
+        run_line("media --target direct --window 100 --duration 0.5 --warmup 0 --json --quiet");
     if run.code == Some(2) {
         assert!(run.stderr.contains("--window"), "{run}");
         return;
@@ -710,10 +594,7 @@ fn flat_out_window_below_one_frame_still_sends_or_is_bad_use() {
 #[test]
 
 fn idle_counts_connections_never_established_as_errors() {
-    let run = run_at(
-        free_addr(),
-        &["idle", "--connections", "5", "--duration", "0.3"],
-    );
+    let run = run_at(free_addr(), "idle --connections 5 --duration 0.3");
     assert_eq!(run.code, Some(1), "{run}");
     let json = run.stdout.trim();
     assert_eq!(num(json, "established"), 0.0, "{run}");
@@ -725,10 +606,9 @@ fn help_exits_0_and_names_every_option() {
     for flag in ["--help", "-h"] {
         let run = run(&[flag]);
         assert_eq!(run.code, Some(0), "{run}");
-        for mode in ["media", "calls", "idle", "mixed", "sink"] {
-            assert!(run.stdout.contains(mode), "{flag} does not mention {mode}");
-        }
-        for option in [
+        let modes = ["media", "calls", "idle", "mixed", "sink"];
+        assert_mentions_every(&run.stdout, flag, &modes);
+        let options = [
             "--addr",
             "--duration",
             "--warmup",
@@ -750,13 +630,8 @@ fn help_exits_0_and_names_every_option() {
             "--quiet",
             "--json",
             "--help",
-        ] {
-            assert!(
-                run.stdout.contains(option),
-                "{flag} does not mention {option}:\n{}",
-                run.stdout
-            );
-        }
+        ];
+        assert_mentions_every(&run.stdout, flag, &options);
     }
 }
 
@@ -764,16 +639,16 @@ fn help_exits_0_and_names_every_option() {
 fn nothing_listening_exits_1_quickly() {
     // Bound and released: nothing listens there now.
     let dead = free_addr();
-    for args in [
-        &["media", "--duration", "1"][..],
-        &["media", "--framing", "seed", "--duration", "1"][..],
-        &["calls", "--duration", "1"][..],
-        &["idle", "--connections", "5", "--duration", "0.3"][..],
+    for line in [
+        "media --duration 1",
+        "media --framing seed --duration 1",
+        "calls --duration 1",
+        "idle --connections 5 --duration 0.3",
     ] {
-        let run = run_at(dead, args);
+        let run = run_at(dead, line);
         assert_eq!(run.code, Some(1), "{run}");
         assert!(run.elapsed < Duration::from_secs(3), "{run}");
-        if args[0] == "idle" {
+        if line.starts_with("idle ") {
             // idle reports its (empty) result rather than failing outright.
             let json = run.stdout.trim();
             assert_eq!(num(json, "established"), 0.0, "{run}");
@@ -789,27 +664,11 @@ fn nothing_listening_exits_1_quickly() {
 #[test]
 fn mixed_soak_round_trips_and_leaves_nothing_behind() {
     let relay = RelayProcess::start(&["--metrics-listen", "127.0.0.1:0"]);
-    let line = relay.expect_log(&["metrics on http://"]);
-    let metrics = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("metrics address in the log")
-        .to_owned();
-    let pid = relay.pid().to_string();
+    let metrics = relay.metrics_addr();
+    let pid = relay.pid();
     let run = run_at(
         relay.addr(),
-        &[
-            "mixed",
-            "--pairs",
-            "2",
-            "--duration",
-            "1",
-            "--metrics",
-            &metrics,
-            "--server-pid",
-            &pid,
-        ],
+        &format!("mixed --pairs 2 --duration 1 --metrics {metrics} --server-pid {pid}"),
     );
     let json = run.json();
     assert_eq!(string(json, "mode"), "mixed", "{json}");

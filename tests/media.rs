@@ -18,8 +18,8 @@ use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
 use callrelay::protocol::frame::{ClientMessage, ServerMessage};
 use callrelay::protocol::qdatastream::QString;
 use common::{
-    Client, RelayProcess, accepted_call, encode_in, media_frame_bytes, pattern, q,
-    seed_safe_payload,
+    Client, RelayProcess, accept_ringing, accepted_call, encode_in, expect_ended,
+    media_frame_bytes, pattern, q, relay_with_call, relay_with_pair, ring, seed_safe_payload,
 };
 
 const BOTH: [Framing; 2] = [Seed, LengthPrefixed];
@@ -60,10 +60,8 @@ fn payloads(sender: Framing, salt: usize) -> Vec<Vec<u8>> {
 fn media_is_byte_exact_both_ways_in_all_four_framing_combinations() {
     for alice_framing in BOTH {
         for bob_framing in BOTH {
-            let relay = RelayProcess::start(&[]);
-            let mut alice = relay.client("alice", alice_framing);
-            let mut bob = relay.client("bob", bob_framing);
-            let call_id = accepted_call(&mut alice, &mut bob);
+            let (_relay, mut alice, mut bob, call_id) =
+                relay_with_call(&[], alice_framing, bob_framing);
             for (sender_is_alice, salt) in [(true, 0), (false, 50)] {
                 let (sender, receiver) = if sender_is_alice {
                     (&mut alice, &mut bob)
@@ -78,13 +76,7 @@ fn media_is_byte_exact_both_ways_in_all_four_framing_combinations() {
                         }
                     }
                     LengthPrefixed => {
-                        let mut burst = Vec::new();
-                        for payload in &frames {
-                            burst.extend(sender.encode(&ClientMessage::Media {
-                                payload: payload.clone(),
-                            }));
-                        }
-                        sender.send_raw(&burst);
+                        sender.send_media_burst(&frames);
                         for payload in &frames {
                             receiver.expect_media_frame(payload);
                         }
@@ -93,8 +85,7 @@ fn media_is_byte_exact_both_ways_in_all_four_framing_combinations() {
             }
             // Nothing else arrived, and the call is intact.
             bob.end(&call_id);
-            alice.expect_end(&call_id);
-            bob.expect_end(&call_id);
+            expect_ended(&mut alice, &mut bob, &call_id);
             bob.barrier();
         }
     }
@@ -107,10 +98,8 @@ fn media_is_byte_exact_both_ways_in_all_four_framing_combinations() {
 fn four_mib_framed_media_frame_is_byte_exact() {
     let payload = pattern(4 * 1024 * 1024);
     for bob_framing in [LengthPrefixed, Seed] {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", LengthPrefixed);
-        let mut bob = relay.client("bob", bob_framing);
-        let call_id = accepted_call(&mut alice, &mut bob);
+        let (_relay, mut alice, mut bob, call_id) =
+            relay_with_call(&[], LengthPrefixed, bob_framing);
         let writer = alice.send_in_background(encode_in(
             &ClientMessage::Media {
                 payload: payload.clone(),
@@ -123,8 +112,7 @@ fn four_mib_framed_media_frame_is_byte_exact() {
         alice.barrier();
         bob.barrier();
         alice.end("");
-        alice.expect_end(&call_id);
-        bob.expect_end(&call_id);
+        expect_ended(&mut alice, &mut bob, &call_id);
     }
 }
 
@@ -135,18 +123,14 @@ fn four_mib_framed_media_frame_is_byte_exact() {
 #[test]
 fn seed_sender_with_pauses_between_frames() {
     for bob_framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", Seed);
-        let mut bob = relay.client("bob", bob_framing);
-        let call_id = accepted_call(&mut alice, &mut bob);
+        let (_relay, mut alice, mut bob, call_id) = relay_with_call(&[], Seed, bob_framing);
         for k in 0..20 {
             let payload = seed_safe_payload(1 + k * 37, k);
             relay_media(&mut alice, &mut bob, &payload);
         }
         bob.barrier();
         alice.end(&call_id);
-        alice.expect_end(&call_id);
-        bob.expect_end(&call_id);
+        expect_ended(&mut alice, &mut bob, &call_id);
     }
 }
 
@@ -158,9 +142,7 @@ fn seed_sender_with_pauses_between_frames() {
 fn media_outside_an_accepted_call_is_not_delivered() {
     for alice_framing in BOTH {
         for bob_framing in BOTH {
-            let relay = RelayProcess::start(&[]);
-            let mut alice = relay.client("alice", alice_framing);
-            let mut bob = relay.client("bob", bob_framing);
+            let (relay, mut alice, mut bob) = relay_with_pair(&[], alice_framing, bob_framing);
             let mut carol = relay.client("carol", LengthPrefixed);
             // No call at all.
             alice.media(&seed_safe_payload(500, 1));
@@ -168,8 +150,7 @@ fn media_outside_an_accepted_call_is_not_delivered() {
             carol.barrier();
             alice.barrier();
             // Ringing, not accepted.
-            alice.call("bob", true);
-            let call_id = bob.expect_incoming("alice", 1);
+            let call_id = ring(&mut alice, &mut bob, true);
             alice.media(&seed_safe_payload(500, 2));
             bob.barrier();
             carol.barrier();
@@ -178,9 +159,7 @@ fn media_outside_an_accepted_call_is_not_delivered() {
             alice.barrier();
             bob.barrier();
             // Accepted: now media flows, and still only to the peer.
-            bob.accept(&call_id);
-            alice.expect_accept(&call_id);
-            bob.expect_accept(&call_id);
+            accept_ringing(&mut alice, &mut bob, &call_id, &call_id);
             let payload = seed_safe_payload(300, 4);
             relay_media(&mut alice, &mut bob, &payload);
             carol.barrier();
@@ -208,9 +187,7 @@ fn seed_call_end(call_ref: &QString) -> Vec<u8> {
 #[test]
 fn seed_media_mode_relays_other_frames_as_media() {
     for bob_framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", Seed);
-        let mut bob = relay.client("bob", bob_framing);
+        let (relay, mut alice, mut bob) = relay_with_pair(&[], Seed, bob_framing);
         let mut carol = relay.client("carol", LengthPrefixed);
         let call_id = accepted_call(&mut alice, &mut bob);
         relay_media(&mut alice, &mut bob, &seed_safe_payload(64, 0));
@@ -256,8 +233,7 @@ fn seed_media_mode_relays_other_frames_as_media() {
         bob.barrier();
         carol.barrier();
         bob.end(&call_id);
-        alice.expect_end(&call_id);
-        bob.expect_end(&call_id);
+        expect_ended(&mut alice, &mut bob, &call_id);
     }
 }
 
@@ -268,9 +244,7 @@ fn seed_media_mode_relays_other_frames_as_media() {
 #[test]
 fn seed_media_mode_call_end_with_a_ref_of_this_call_ends_it() {
     for bob_framing in BOTH {
-        let relay = RelayProcess::start(&[]);
-        let mut alice = relay.client("alice", Seed);
-        let mut bob = relay.client("bob", bob_framing);
+        let (_relay, mut alice, mut bob) = relay_with_pair(&[], Seed, bob_framing);
         for (round, how) in ["call id", "peer id", "empty", "null", "split call id"]
             .into_iter()
             .enumerate()
@@ -291,8 +265,7 @@ fn seed_media_mode_call_end_with_a_ref_of_this_call_ends_it() {
             } else {
                 alice.send_raw(&end);
             }
-            alice.expect_end(&call_id);
-            bob.expect_end(&call_id);
+            expect_ended(&mut alice, &mut bob, &call_id);
             bob.barrier();
         }
     }
@@ -306,8 +279,7 @@ fn call_ended_after_seed_media(relay: &RelayProcess) -> (Client, Client) {
     let call_id = accepted_call(&mut alice, &mut bob);
     relay_media(&mut alice, &mut bob, &seed_safe_payload(100, 0));
     bob.end(&call_id);
-    bob.expect_end(&call_id);
-    alice.expect_end(&call_id);
+    expect_ended(&mut bob, &mut alice, &call_id);
     (alice, bob)
 }
 
@@ -350,10 +322,8 @@ fn without_a_grace_period_seed_bytes_after_a_call_are_parsed_normally() {
 // burst stays far below the soft output limit).
 #[test]
 fn a_burst_of_1000_framed_media_frames_arrives_complete_and_in_order() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    let call_id = accepted_call(&mut alice, &mut bob);
+    let (_relay, mut alice, mut bob, call_id) =
+        relay_with_call(&[], LengthPrefixed, LengthPrefixed);
     let frames: Vec<Vec<u8>> = (0..1000u32)
         .map(|k| {
             let mut payload = k.to_be_bytes().to_vec();
@@ -361,13 +331,7 @@ fn a_burst_of_1000_framed_media_frames_arrives_complete_and_in_order() {
             payload
         })
         .collect();
-    let mut burst = Vec::new();
-    for payload in &frames {
-        burst.extend(alice.encode(&ClientMessage::Media {
-            payload: payload.clone(),
-        }));
-    }
-    alice.send_raw(&burst);
+    alice.send_media_burst(&frames);
     for (k, payload) in frames.iter().enumerate() {
         match bob.recv() {
             ServerMessage::Media { payload: got } => {
@@ -378,6 +342,5 @@ fn a_burst_of_1000_framed_media_frames_arrives_complete_and_in_order() {
     }
     bob.barrier();
     alice.end(&call_id);
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
 }

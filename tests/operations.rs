@@ -19,8 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
-use callrelay::protocol::frame::{ClientMessage, ServerMessage};
-use common::{Client, RelayProcess, WAIT, accepted_call, encode_in, q, seed_safe_payload};
+use callrelay::protocol::frame::ClientMessage;
+use common::{
+    Client, RelayProcess, WAIT, accepted_call, encode_in, expect_ended, media_both_ways,
+    relay_with_call, relay_with_pair, seed_safe_payload,
+};
 
 // ----- helpers ----------------------------------------------------------------
 
@@ -129,18 +132,6 @@ fn sample_value(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// The metrics address the relay logged ("metrics on http://ADDR/metrics").
-#[track_caller]
-fn metrics_addr(relay: &RelayProcess) -> SocketAddr {
-    let line = relay.expect_log(&["metrics on http://"]);
-    let rest = &line[line.find("metrics on http://").expect("marker") + 18..];
-    rest.split("/metrics")
-        .next()
-        .expect("address")
-        .parse()
-        .unwrap_or_else(|_| panic!("cannot parse the metrics address in {line:?}"))
-}
-
 const PARSER: &str = r#"
 import sys
 from prometheus_client.parser import text_string_to_metric_families
@@ -218,18 +209,12 @@ fn connect_from(local_ip: &str, relay: &RelayProcess, framing: Framing) -> Clien
 
 #[test]
 fn sigterm_ends_calls_says_shutting_down_closes_everyone_and_exits_0() {
-    let mut relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", Seed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (mut relay, mut alice, mut bob) = relay_with_pair(&[], Seed, LengthPrefixed);
     let mut carol = relay.client("carol", LengthPrefixed);
     let call_id = accepted_call(&mut alice, &mut bob);
     // Media both ways, completely received before the signal.
-    let from_alice = seed_safe_payload(3000, 1);
-    alice.media(&from_alice);
-    bob.expect_media_chunks(&from_alice);
-    let from_bob = seed_safe_payload(2000, 2);
-    bob.media(&from_bob);
-    alice.expect_media_chunks(&from_bob);
+    let (from_alice, from_bob) = (seed_safe_payload(3000, 1), seed_safe_payload(2000, 2));
+    media_both_ways(&mut alice, &mut bob, &from_alice, &from_bob);
     bob.barrier();
     carol.barrier();
 
@@ -271,7 +256,7 @@ fn a_second_signal_during_the_shutdown_exits_at_once_with_status_1() {
         "--metrics-listen",
         "127.0.0.1:0",
     ]);
-    let metrics = metrics_addr(&relay);
+    let metrics = relay.metrics_addr();
     let mut flooder = relay.client("flooder", LengthPrefixed);
     let mut sleeper = relay.client("sleeper", LengthPrefixed);
     accepted_call(&mut flooder, &mut sleeper);
@@ -345,30 +330,20 @@ fn a_second_signal_during_the_shutdown_exits_at_once_with_status_1() {
 #[test]
 fn metrics_endpoint_serves_prometheus_text_that_prometheus_client_parses() {
     let relay = RelayProcess::start(&["--metrics-listen", "127.0.0.1:0"]);
-    let metrics = metrics_addr(&relay);
+    let metrics = relay.metrics_addr();
 
     // An accepted call with media both ways.
     let mut alice = relay.client("alice", LengthPrefixed);
     let mut bob = relay.client("bob", Seed);
     accepted_call(&mut alice, &mut bob);
-    let to_bob = seed_safe_payload(1500, 3);
-    alice.media(&to_bob);
-    bob.expect_media_chunks(&to_bob);
-    let to_alice = seed_safe_payload(700, 4);
-    bob.media(&to_alice);
-    alice.expect_media_chunks(&to_alice);
+    let (to_bob, to_alice) = (seed_safe_payload(1500, 3), seed_safe_payload(700, 4));
+    media_both_ways(&mut alice, &mut bob, &to_bob, &to_alice);
     // A refused call and a text.
     let mut carol = relay.client("carol", LengthPrefixed);
     carol.call("nobody", false);
     carol.expect_reject("offline");
     carol.text("alice", "hello");
-    assert_eq!(
-        alice.recv(),
-        ServerMessage::Text {
-            from: q("carol"),
-            text: q("hello")
-        }
-    );
+    alice.expect_text("carol", "hello");
     // A protocol error: an unknown type byte (8) from a fourth client.
     let mut dave = relay.client("dave", LengthPrefixed);
     dave.send_raw(&[0, 0, 0, 1, 8]);
@@ -417,9 +392,8 @@ fn metrics_endpoint_serves_prometheus_text_that_prometheus_client_parses() {
 
 #[test]
 fn max_connections_refuses_the_extra_connection_and_keeps_the_others() {
-    let relay = RelayProcess::start(&["--max-connections", "3"]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", Seed);
+    let (relay, mut alice, mut bob) =
+        relay_with_pair(&["--max-connections", "3"], LengthPrefixed, Seed);
     let mut carol = relay.client("carol", LengthPrefixed);
     let mut fourth = TcpStream::connect(relay.addr()).expect("connect");
     let fourth_addr = fourth.local_addr().expect("local address");
@@ -432,21 +406,16 @@ fn max_connections_refuses_the_extra_connection_and_keeps_the_others() {
     ]);
     let call_id = accepted_call(&mut alice, &mut bob);
     let payload = seed_safe_payload(1000, 5);
-    alice.media(&payload);
-    bob.expect_media_chunks(&payload);
-    bob.media(&payload);
-    alice.expect_media_chunks(&payload);
+    media_both_ways(&mut alice, &mut bob, &payload, &payload);
     carol.barrier();
     alice.end(&call_id);
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
 }
 
 #[test]
 fn max_per_ip_refuses_a_third_connection_from_the_same_address_only() {
-    let relay = RelayProcess::start(&["--max-per-ip", "2"]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) =
+        relay_with_pair(&["--max-per-ip", "2"], LengthPrefixed, LengthPrefixed);
     let mut third = TcpStream::connect(relay.addr()).expect("connect");
     let third_addr = third.local_addr().expect("local address");
     assert_eq!(third_addr.ip().to_string(), "127.0.0.1");
@@ -458,22 +427,17 @@ fn max_per_ip_refuses_a_third_connection_from_the_same_address_only() {
     carol.register("carol");
     carol.barrier();
     carol.text("alice", "from 127.0.0.2");
-    assert_eq!(
-        alice.recv(),
-        ServerMessage::Text {
-            from: q("carol"),
-            text: q("from 127.0.0.2")
-        }
-    );
+    alice.expect_text("carol", "from 127.0.0.2");
     bob.barrier();
 }
 
 #[test]
 fn max_unregistered_refuses_silent_sockets_without_hurting_calls() {
-    let relay = RelayProcess::start(&["--max-unregistered", "2", "--register-timeout", "1"]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", Seed);
-    accepted_call(&mut alice, &mut bob);
+    let (relay, mut alice, mut bob, _) = relay_with_call(
+        &["--max-unregistered", "2", "--register-timeout", "1"],
+        LengthPrefixed,
+        Seed,
+    );
     let mut silent: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(relay.addr()).expect("connect"))
         .collect();
@@ -488,21 +452,14 @@ fn max_unregistered_refuses_silent_sockets_without_hurting_calls() {
         &format!("from {third_addr}"),
         "--max-unregistered",
     ]);
-    let marker = format!("connected from {third_addr}");
     assert!(
-        !relay
-            .log_snapshot()
-            .iter()
-            .any(|line| line.contains(&marker)),
+        !relay.log_contains(&format!("connected from {third_addr}")),
         "the third silent socket was accepted"
     );
     // The call goes on while the silent sockets are open.
     for round in 0..3 {
         let payload = seed_safe_payload(800, 10 + round);
-        alice.media(&payload);
-        bob.expect_media_chunks(&payload);
-        bob.media(&payload);
-        alice.expect_media_chunks(&payload);
+        media_both_ways(&mut alice, &mut bob, &payload, &payload);
     }
     // The registration timeout closes the silent sockets (no framing: no
     // ERROR), which frees their places.
@@ -512,13 +469,7 @@ fn max_unregistered_refuses_silent_sockets_without_hurting_calls() {
     drop(silent);
     let mut carol = relay.client("carol", LengthPrefixed);
     carol.text("alice", "in at last");
-    assert_eq!(
-        alice.recv(),
-        ServerMessage::Text {
-            from: q("carol"),
-            text: q("in at last")
-        }
-    );
+    alice.expect_text("carol", "in at last");
 }
 
 // ----- out of file descriptors --------------------------------------------------
@@ -615,11 +566,5 @@ fn out_of_file_descriptors_refuses_without_spinning_and_recovers() {
     late.barrier();
     let mut late_seed = relay.client("late-seed", Seed);
     late_seed.text("late", "recovered");
-    assert_eq!(
-        late.recv(),
-        ServerMessage::Text {
-            from: q("late-seed"),
-            text: q("recovered")
-        }
-    );
+    late.expect_text("late-seed", "recovered");
 }

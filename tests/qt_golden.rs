@@ -220,15 +220,29 @@ fn framings() -> [(Framing, &'static str); 2] {
     [(Framing::Seed, "seed"), (Framing::LengthPrefixed, "framed")]
 }
 
-#[test]
-fn our_client_encoder_writes_what_qt_writes() {
-    let golden = golden();
-    for (name, message) in client_messages() {
-        for (framing, suffix) in framings() {
+/// The golden bytes of the entry `name` in each framing, with their key
+/// (`name.seed`, `name.framed`).
+fn golden_in_each_framing<'a>(
+    golden: &'a BTreeMap<String, Vec<u8>>,
+    name: &str,
+) -> Vec<(Framing, String, &'a Vec<u8>)> {
+    framings()
+        .into_iter()
+        .map(|(framing, suffix)| {
             let key = format!("{name}.{suffix}");
             let expected = golden
                 .get(&key)
                 .unwrap_or_else(|| panic!("{key} missing from golden.txt"));
+            (framing, key, expected)
+        })
+        .collect()
+}
+
+#[test]
+fn our_client_encoder_writes_what_qt_writes() {
+    let golden = golden();
+    for (name, message) in client_messages() {
+        for (framing, key, expected) in golden_in_each_framing(&golden, name) {
             let mut ours = Vec::new();
             encode_client(&message, framing, &mut ours);
             assert_eq!(&ours, expected, "{key}");
@@ -240,11 +254,7 @@ fn our_client_encoder_writes_what_qt_writes() {
 fn our_server_encoder_writes_what_qt_writes() {
     let golden = golden();
     for (name, frame, body) in server_frames() {
-        for (framing, suffix) in framings() {
-            let key = format!("{name}.{suffix}");
-            let expected = golden
-                .get(&key)
-                .unwrap_or_else(|| panic!("{key} missing from golden.txt"));
+        for (framing, key, expected) in golden_in_each_framing(&golden, name) {
             let mut ours = Vec::new();
             encode_server(&frame, framing, &mut ours);
             ours.extend_from_slice(&body);

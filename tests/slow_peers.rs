@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
 use callrelay::protocol::frame::{ClientMessage, ServerMessage};
 use common::{
-    Client, RelayProcess, WAIT, accepted_call, encode_in, file_frame_bytes, media_frame_bytes,
-    pattern, q,
+    Client, RelayProcess, WAIT, accepted_call, expect_ended, file_frame_bytes, file_message,
+    media_frame_bytes, pattern, q, relay_with_call, relay_with_pair,
 };
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
@@ -98,18 +98,26 @@ fn payload_number(payload: &[u8]) -> u32 {
     seq
 }
 
-/// The address of the relay's metrics endpoint (from its log).
-#[track_caller]
-fn metrics_addr(relay: &RelayProcess) -> SocketAddr {
-    let line = relay.expect_log(&["metrics on http://"]);
-    let rest = line
-        .split("metrics on http://")
-        .nth(1)
-        .expect("an address after the marker");
-    rest.split('/')
-        .next()
-        .and_then(|addr| addr.trim().parse().ok())
-        .expect("metrics address parses")
+/// The numbered media frames a receiver got: each whole and uncorrupted,
+/// and numbered higher than the one before.
+#[derive(Default)]
+struct InOrder {
+    last: Option<u32>,
+    count: u64,
+}
+
+impl InOrder {
+    #[track_caller]
+    fn push(&mut self, payload: &[u8]) {
+        let seq = payload_number(payload);
+        let last = self.last;
+        assert!(
+            last.is_none_or(|last| seq > last),
+            "frame {seq} after frame {last:?}"
+        );
+        self.last = Some(seq);
+        self.count += 1;
+    }
 }
 
 /// `GET /metrics` over a raw socket; returns the body.
@@ -173,16 +181,7 @@ fn flood(relay: &RelayProcess, sender: &mut Client) -> Flood {
         barriers: 0,
     };
     while start.elapsed() < FLOOD_TIME && result.sent < FLOOD_FRAMES {
-        let mut batch = Vec::with_capacity(BATCH as usize * (FRAME + 5));
-        for seq in result.sent..result.sent + BATCH {
-            batch.extend(encode_in(
-                &ClientMessage::Media {
-                    payload: numbered_payload(seq),
-                },
-                LengthPrefixed,
-            ));
-        }
-        sender.send_raw(&batch);
+        sender.send_media_burst((result.sent..result.sent + BATCH).map(numbered_payload));
         result.sent += BATCH;
         if Instant::now() >= next_check {
             sender.barrier();
@@ -199,6 +198,64 @@ fn flood(relay: &RelayProcess, sender: &mut Client) -> Flood {
     result
 }
 
+/// Starts a relay with a 64 KiB soft and a 1 MiB hard output limit and
+/// metrics; alice (framed) is in an accepted call with bob (`bob_framing`,
+/// small window, never reading) and [`flood`]s him. The relay's RSS during
+/// and after the flood stays under the bound: baseline + the hard limit
+/// (the queue never legitimately gets near it: soft limit + one forwarded
+/// read) + slack. `label` names the case in the test's output. Returns the
+/// relay, its metrics address, alice, bob, the call id and the flood.
+#[track_caller]
+fn flood_a_receiver_that_never_reads(
+    bob_framing: Framing,
+    label: &str,
+) -> (RelayProcess, SocketAddr, Client, Client, String, Flood) {
+    let relay = RelayProcess::start(&[
+        "--output-soft",
+        "64K",
+        "--output-hard",
+        "1M",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let metrics = relay.metrics_addr();
+    let mut alice = relay.client("alice", LengthPrefixed);
+    let mut bob = small_window_client(&relay, "bob", bob_framing, 4096);
+    let call_id = accepted_call(&mut alice, &mut bob);
+    let baseline = relay.rss_kib();
+
+    let flood = flood(&relay, &mut alice);
+    let after = relay.rss_kib();
+    let bound = baseline + MIB / KIB + SLACK_KIB;
+    eprintln!(
+        "{label}: sent {} frames, RSS baseline {baseline} KiB, max {} KiB, after {after} KiB",
+        flood.sent, flood.max_rss_kib
+    );
+    assert!(
+        flood.max_rss_kib.max(after) < bound,
+        "relay RSS {} KiB over {bound} KiB (baseline {baseline} KiB)",
+        flood.max_rss_kib.max(after)
+    );
+    (relay, metrics, alice, bob, call_id, flood)
+}
+
+/// Scrapes `metrics` after a flood of `sent` frames: some were dropped at
+/// the soft limit, and every frame was either relayed or dropped. Returns
+/// the number relayed.
+#[track_caller]
+fn relayed_with_soft_drops(metrics: SocketAddr, label: &str, sent: u32) -> u64 {
+    let text = scrape(metrics);
+    let (dropped, relayed) = (sample(&text, DROPPED_SOFT), sample(&text, RELAYED));
+    eprintln!("{label}: relayed {relayed}, dropped {dropped}");
+    assert!(dropped > 0, "no media was dropped at the soft limit");
+    assert_eq!(
+        dropped + relayed,
+        u64::from(sent),
+        "every frame is either relayed or dropped"
+    );
+    relayed
+}
+
 // ----- 1. a framed media receiver that never reads ---------------------------
 
 // alice floods bob (framed, small window, not reading) with 1 KiB media
@@ -209,61 +266,17 @@ fn flood(relay: &RelayProcess, sender: &mut Client) -> Flood {
 // relayed; then alice's TEXT, and CALL_END works for both.
 #[test]
 fn framed_media_receiver_that_never_reads_gets_whole_frames_dropped() {
-    let relay = RelayProcess::start(&[
-        "--output-soft",
-        "64K",
-        "--output-hard",
-        "1M",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
-    let metrics = metrics_addr(&relay);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = small_window_client(&relay, "bob", LengthPrefixed, 4096);
-    let call_id = accepted_call(&mut alice, &mut bob);
-    let baseline = relay.rss_kib();
-
-    let flood = flood(&relay, &mut alice);
-    let after = relay.rss_kib();
-    // Bound: baseline + the hard limit (the queue never legitimately gets
-    // near it: soft limit + one forwarded read) + slack.
-    let bound = baseline + MIB / KIB + SLACK_KIB;
-    eprintln!(
-        "framed receiver: sent {} frames, RSS baseline {baseline} KiB, max {} KiB, after {after} KiB",
-        flood.sent, flood.max_rss_kib
-    );
-    assert!(
-        flood.max_rss_kib.max(after) < bound,
-        "relay RSS {} KiB over {bound} KiB (baseline {baseline} KiB)",
-        flood.max_rss_kib.max(after)
-    );
+    let (_relay, metrics, mut alice, mut bob, call_id, flood) =
+        flood_a_receiver_that_never_reads(LengthPrefixed, "framed receiver");
     assert!(flood.barriers >= 2, "alice passed too few barriers");
-
-    let text = scrape(metrics);
-    let (dropped, relayed) = (sample(&text, DROPPED_SOFT), sample(&text, RELAYED));
-    eprintln!("framed receiver: relayed {relayed}, dropped {dropped}");
-    assert!(dropped > 0, "no media was dropped at the soft limit");
-    assert_eq!(
-        dropped + relayed,
-        u64::from(flood.sent),
-        "every frame is either relayed or dropped"
-    );
+    let relayed = relayed_with_soft_drops(metrics, "framed receiver", flood.sent);
 
     // A marker behind the media: text is never dropped.
     alice.text("bob", "after the flood");
-    let mut last: Option<u32> = None;
-    let mut received = 0u64;
+    let mut received = InOrder::default();
     loop {
         match bob.recv() {
-            ServerMessage::Media { payload } => {
-                let seq = payload_number(&payload);
-                assert!(
-                    last.is_none_or(|last| seq > last),
-                    "frame {seq} after frame {last:?}"
-                );
-                last = Some(seq);
-                received += 1;
-            }
+            ServerMessage::Media { payload } => received.push(&payload),
             ServerMessage::Text { from, text } => {
                 assert_eq!((from, text), (q("alice"), q("after the flood")));
                 break;
@@ -271,10 +284,12 @@ fn framed_media_receiver_that_never_reads_gets_whole_frames_dropped() {
             other => panic!("bob got {other:?} among the media"),
         }
     }
-    assert_eq!(received, relayed, "bob got a different number of frames");
+    assert_eq!(
+        received.count, relayed,
+        "bob got a different number of frames"
+    );
     alice.end(&call_id);
-    alice.expect_end(&call_id);
-    bob.expect_end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
     alice.barrier();
     bob.barrier();
 }
@@ -288,68 +303,35 @@ fn framed_media_receiver_that_never_reads_gets_whole_frames_dropped() {
 // then exactly the CALL_END of the call.
 #[test]
 fn seed_media_receiver_that_never_reads_gets_whole_frames_dropped() {
-    let relay = RelayProcess::start(&[
-        "--output-soft",
-        "64K",
-        "--output-hard",
-        "1M",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]);
-    let metrics = metrics_addr(&relay);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = small_window_client(&relay, "bob", Seed, 4096);
-    let call_id = accepted_call(&mut alice, &mut bob);
-    let baseline = relay.rss_kib();
-
-    let flood = flood(&relay, &mut alice);
-    let after = relay.rss_kib();
-    let bound = baseline + MIB / KIB + SLACK_KIB;
-    eprintln!(
-        "seed receiver: sent {} frames, RSS baseline {baseline} KiB, max {} KiB, after {after} KiB",
-        flood.sent, flood.max_rss_kib
-    );
-    assert!(
-        flood.max_rss_kib.max(after) < bound,
-        "relay RSS {} KiB over {bound} KiB (baseline {baseline} KiB)",
-        flood.max_rss_kib.max(after)
-    );
-    let text = scrape(metrics);
-    let (dropped, relayed) = (sample(&text, DROPPED_SOFT), sample(&text, RELAYED));
-    eprintln!("seed receiver: relayed {relayed}, dropped {dropped}");
-    assert!(dropped > 0, "no media was dropped at the soft limit");
-    assert_eq!(dropped + relayed, u64::from(flood.sent));
+    let (_relay, metrics, mut alice, mut bob, call_id, flood) =
+        flood_a_receiver_that_never_reads(Seed, "seed receiver");
+    let relayed = relayed_with_soft_drops(metrics, "seed receiver", flood.sent);
 
     alice.end(&call_id);
     alice.expect_end(&call_id);
     let mut call_end = vec![5u8];
     call_end.extend_from_slice(&(call_id.len() as u32 * 2).to_be_bytes());
     call_end.extend(call_id.encode_utf16().flat_map(u16::to_be_bytes));
-    let mut last: Option<u32> = None;
-    let mut received = 0u64;
+    let mut received = InOrder::default();
     loop {
         let kind = bob.read_exact_bytes(1)[0];
         match kind {
-            6 => {
-                let seq = payload_number(&bob.read_exact_bytes(FRAME));
-                assert!(
-                    last.is_none_or(|last| seq > last),
-                    "frame {seq} after frame {last:?}"
-                );
-                last = Some(seq);
-                received += 1;
-            }
+            6 => received.push(&bob.read_exact_bytes(FRAME)),
             5 => {
                 let rest = bob.read_exact_bytes(call_end.len() - 1);
                 assert_eq!(rest, call_end[1..], "the CALL_END bytes differ");
                 break;
             }
             other => panic!(
-                "bob's stream is unparseable: type byte {other:#04x} after {received} frames"
+                "bob's stream is unparseable: type byte {other:#04x} after {} frames",
+                received.count
             ),
         }
     }
-    assert_eq!(received, relayed, "bob got a different number of frames");
+    assert_eq!(
+        received.count, relayed,
+        "bob got a different number of frames"
+    );
     alice.barrier();
     bob.barrier();
 }
@@ -396,11 +378,7 @@ fn text_receiver_over_the_hard_limit_is_closed_with_output_overflow() {
         carol.text("bob", &big_text(sent));
         sent += 1;
         max_rss = max_rss.max(relay.rss_kib());
-        if relay
-            .log_snapshot()
-            .iter()
-            .any(|line| line.contains(&closed))
-        {
+        if relay.log_contains(&closed) {
             break;
         }
     }
@@ -475,22 +453,13 @@ fn text_receiver_over_the_hard_limit_is_closed_with_output_overflow() {
 // Then bob reads the file byte-exact and alice's TEXT after it.
 #[test]
 fn file_to_a_receiver_that_never_reads_pauses_the_sender() {
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    let (relay, mut alice, mut bob) = relay_with_pair(&[], LengthPrefixed, LengthPrefixed);
     let alice_id = relay.conn_id_of(alice.local_addr());
     let bob_id = relay.conn_id_of(bob.local_addr());
     let baseline = relay.rss_kib();
 
     let data = pattern(32 * 1024 * 1024);
-    let mut bytes = encode_in(
-        &ClientMessage::File {
-            to: q("bob"),
-            name: q("big.bin"),
-            data: data.clone(),
-        },
-        LengthPrefixed,
-    );
+    let mut bytes = file_message(LengthPrefixed, "bob", "big.bin", &data);
     bytes.extend(alice.encode(&ClientMessage::Text {
         to: q("bob"),
         text: q("after the file"),
@@ -523,13 +492,7 @@ fn file_to_a_receiver_that_never_reads_pauses_the_sender() {
         bob.expect_bytes(piece);
     }
     eprintln!("file: bob read the 32 MiB in {:?}", read_start.elapsed());
-    assert_eq!(
-        bob.recv(),
-        ServerMessage::Text {
-            from: q("alice"),
-            text: q("after the file")
-        }
-    );
+    bob.expect_text("alice", "after the file");
     writer.join().expect("alice's writer");
     let after = relay.rss_kib();
     eprintln!("file: RSS after the transfer {after} KiB");
@@ -546,10 +509,8 @@ fn file_to_a_receiver_that_never_reads_pauses_the_sender() {
 // ERROR timeout and then EOF when he finally reads.
 #[test]
 fn half_open_peer_is_ended_by_the_idle_timeout() {
-    let relay = RelayProcess::start(&["--idle-timeout", "0.5"]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    let call_id = accepted_call(&mut alice, &mut bob);
+    let (relay, mut alice, mut bob, call_id) =
+        relay_with_call(&["--idle-timeout", "0.5"], LengthPrefixed, LengthPrefixed);
     let bob_id = relay.conn_id_of(bob.local_addr());
 
     let deadline = Instant::now() + WAIT;
@@ -597,10 +558,7 @@ fn half_open_peer_is_ended_by_the_idle_timeout() {
 fn sender_reset_mid_media_frame_leaves_a_complete_padded_frame() {
     const TOTAL: usize = 1024 * 1024;
     const SENT: usize = 100 * 1024;
-    let relay = RelayProcess::start(&[]);
-    let mut alice = relay.client("alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
-    let call_id = accepted_call(&mut alice, &mut bob);
+    let (relay, mut alice, mut bob, call_id) = relay_with_call(&[], LengthPrefixed, LengthPrefixed);
     let alice_id = relay.conn_id_of(alice.local_addr());
 
     let payload = pattern(TOTAL);
@@ -627,6 +585,5 @@ fn sender_reset_mid_media_frame_leaves_a_complete_padded_frame() {
     carol.media(&payload);
     bob.expect_media_frame(&payload);
     bob.end(&call_id);
-    bob.expect_end(&call_id);
-    carol.expect_end(&call_id);
+    expect_ended(&mut bob, &mut carol, &call_id);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
 use callrelay::protocol::frame::{ClientMessage, ServerMessage};
-use common::{Client, RelayProcess, WAIT};
+use common::{Client, RelayProcess, WAIT, accept_ringing, ring};
 
 const IDLE: Duration = Duration::from_millis(500);
 const REGISTER: Duration = Duration::from_millis(300);
@@ -22,6 +22,17 @@ const EARLY: Duration = Duration::from_millis(10);
 fn heartbeat(client: &mut Client, count: u32) {
     let suffix = (count % 2 == 1).then(|| client.user.clone());
     client.send(&ClientMessage::Heartbeat { suffix });
+}
+
+/// At least the timeout `timeout` (less [`EARLY`]) has passed since `since`
+/// (`what` happened after that).
+#[track_caller]
+fn assert_not_early(since: Instant, timeout: Duration, what: &str) {
+    assert!(
+        since.elapsed() >= timeout - EARLY,
+        "{what} after {:?}",
+        since.elapsed()
+    );
 }
 
 /// The relay logged a timeout close for `client`.
@@ -50,11 +61,7 @@ fn unregistered_connections_are_closed_at_the_registration_timeout() {
 
     seed.expect_error("timeout");
     seed.expect_closed();
-    assert!(
-        started.elapsed() >= REGISTER - EARLY,
-        "closed after {:?}",
-        started.elapsed()
-    );
+    assert_not_early(started, REGISTER, "closed");
     framed.expect_error("timeout");
     framed.expect_closed();
     short.expect_closed();
@@ -73,12 +80,9 @@ fn idle_party_of_a_call_times_out(idle_framing: Framing, peer_framing: Framing) 
     let relay = RelayProcess::start(&["--register-timeout", "0.3", "--idle-timeout", "0.5"]);
     let mut peer = relay.client("peer", peer_framing);
     let mut idle = relay.client("idle", idle_framing);
-    peer.call("idle", true);
-    let call_id = idle.expect_incoming("peer", 1);
+    let call_id = ring(&mut peer, &mut idle, true);
     let accepted_at = Instant::now();
-    idle.accept(&call_id);
-    peer.expect_accept(&call_id);
-    idle.expect_accept(&call_id);
+    accept_ringing(&mut peer, &mut idle, &call_id, &call_id);
 
     // The peer heartbeats every quarter of the idle timeout until CALL_END.
     let deadline = Instant::now() + WAIT;
@@ -101,11 +105,7 @@ fn idle_party_of_a_call_times_out(idle_framing: Framing, peer_framing: Framing) 
             Some(other) => panic!("peer got {other:?}"),
         }
     }
-    assert!(
-        accepted_at.elapsed() >= IDLE - EARLY,
-        "idle close after {:?}",
-        accepted_at.elapsed()
-    );
+    assert_not_early(accepted_at, IDLE, "idle close");
     // ERROR before the close, in either framing.
     idle.expect_error("timeout");
     idle.expect_closed();

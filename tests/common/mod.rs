@@ -115,6 +115,12 @@ impl Drop for RelayProcess {
     }
 }
 
+/// The offset of the first byte in which `a` and `b` differ (0 if one is a
+/// prefix of the other).
+fn first_difference(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(0)
+}
+
 /// Builds a QString from text.
 pub fn q(text: &str) -> QString {
     QString::from_str(text)
@@ -132,13 +138,7 @@ impl Client {
     /// Connects without registering.
     pub fn connect(addr: SocketAddr, framing: Framing) -> Client {
         let stream = TcpStream::connect(addr).expect("connect to the relay");
-        stream.set_nodelay(true).expect("nodelay");
-        Client {
-            stream,
-            framing,
-            user: String::new(),
-            buffer: Vec::new(),
-        }
+        Client::from_stream(stream, framing)
     }
 
     /// Sends raw bytes.
@@ -254,11 +254,7 @@ impl Client {
         }
         let got: Vec<u8> = self.buffer.drain(..expected.len()).collect();
         if got != expected {
-            let at = got
-                .iter()
-                .zip(expected)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
+            let at = first_difference(&got, expected);
             panic!(
                 "bytes differ at offset {at} of {}: got {:02x?}, expected {:02x?}",
                 expected.len(),
@@ -335,11 +331,7 @@ impl Client {
         }
         assert_eq!(got.len(), payload.len());
         if got != payload {
-            let at = got
-                .iter()
-                .zip(payload)
-                .position(|(a, b)| a != b)
-                .unwrap_or(0);
+            let at = first_difference(&got, payload);
             panic!("media differs at byte {at} of {}", payload.len());
         }
     }
@@ -448,14 +440,87 @@ impl Client {
 /// Sets up alice calling bob, bob accepting; returns the call id.
 #[track_caller]
 pub fn accepted_call(alice: &mut Client, bob: &mut Client) -> String {
-    let callee = bob.user.clone();
-    let caller = alice.user.clone();
-    alice.call(&callee, true);
-    let call_id = bob.expect_incoming(&caller, 1);
-    bob.accept(&call_id);
-    alice.expect_accept(&call_id);
-    bob.expect_accept(&call_id);
+    let call_id = ring(alice, bob, true);
+    accept_ringing(alice, bob, &call_id, &call_id);
     call_id
+}
+
+// ----- call and connection setup shared by the tests ------------------------
+
+/// `caller` calls `callee` (with video or not) and `callee` gets the
+/// CALL_REQUEST; returns the call id.
+#[track_caller]
+pub fn ring(caller: &mut Client, callee: &mut Client, video: bool) -> String {
+    caller.call(&callee.user, video);
+    callee.expect_incoming(&caller.user, u8::from(video))
+}
+
+/// `callee` accepts the ringing call naming it by `call_ref` (the call id,
+/// or the caller's id); both get CALL_ACCEPT of `call_id`, `caller` first.
+#[track_caller]
+pub fn accept_ringing(caller: &mut Client, callee: &mut Client, call_ref: &str, call_id: &str) {
+    callee.accept(call_ref);
+    caller.expect_accept(call_id);
+    callee.expect_accept(call_id);
+}
+
+/// Both parties get CALL_END of `call_id`, `first` first.
+#[track_caller]
+pub fn expect_ended(first: &mut Client, second: &mut Client, call_id: &str) {
+    first.expect_end(call_id);
+    second.expect_end(call_id);
+}
+
+/// A relay started with `args`, and "alice" and "bob" registered on it in
+/// these framings (alice first).
+#[track_caller]
+pub fn relay_with_pair(
+    args: &[&str],
+    alice: Framing,
+    bob: Framing,
+) -> (RelayProcess, Client, Client) {
+    let relay = RelayProcess::start(args);
+    let alice = relay.client("alice", alice);
+    let bob = relay.client("bob", bob);
+    (relay, alice, bob)
+}
+
+/// [`relay_with_pair`], then alice calls bob and bob accepts
+/// ([`accepted_call`]); returns the call id too. Keep the relay bound to a
+/// name (`_relay`, not `_`): dropping it kills the relay.
+#[track_caller]
+pub fn relay_with_call(
+    args: &[&str],
+    alice: Framing,
+    bob: Framing,
+) -> (RelayProcess, Client, Client, String) {
+    let (relay, mut alice, mut bob) = relay_with_pair(args, alice, bob);
+    let call_id = accepted_call(&mut alice, &mut bob);
+    (relay, alice, bob, call_id)
+}
+
+/// Media in a call both ways: `a` sends `to_b` and `b` receives it (in any
+/// number of pieces), then `b` sends `to_a` and `a` receives it.
+#[track_caller]
+pub fn media_both_ways(a: &mut Client, b: &mut Client, to_b: &[u8], to_a: &[u8]) {
+    a.media(to_b);
+    b.expect_media_chunks(to_b);
+    b.media(to_a);
+    a.expect_media_chunks(to_a);
+}
+
+impl Client {
+    /// Waits for a TEXT from `from` with `text` as the next message.
+    #[track_caller]
+    pub fn expect_text(&mut self, from: &str, text: &str) {
+        assert_eq!(
+            self.recv(),
+            ServerMessage::Text {
+                from: q(from),
+                text: q(text),
+            }
+        );
+    }
 }
 
 // ----- helpers for the bad-input, timeout and CLI tests ----------------------
@@ -464,6 +529,27 @@ impl RelayProcess {
     /// Every log line seen so far.
     pub fn log_snapshot(&self) -> Vec<String> {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// True if a line containing `needle` has been logged so far.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .expect("log lock")
+            .iter()
+            .any(|line| line.contains(needle))
+    }
+
+    /// The address of the metrics endpoint the relay logged ("metrics on
+    /// http://ADDR/metrics"; start it with `--metrics-listen`).
+    #[track_caller]
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self.expect_log(&["metrics on http://"]);
+        line.split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metrics address in {line:?}"))
     }
 
     /// The connection id (`cN.G`) the relay logged when it accepted the
@@ -549,6 +635,76 @@ pub fn file_frame_bytes(framing: Framing, from: &str, name: &str, data: &[u8]) -
     prefixed(framing, body)
 }
 
+/// The wire bytes of a FILE from a client in `framing`.
+pub fn file_message(framing: Framing, to: &str, name: &str, data: &[u8]) -> Vec<u8> {
+    encode_in(
+        &ClientMessage::File {
+            to: q(to),
+            name: q(name),
+            data: data.to_vec(),
+        },
+        framing,
+    )
+}
+
+/// A FILE from `sender` to `receiver` sent in two parts: the header and the
+/// first `first_data` bytes of data, then the rest.
+pub struct SplitFile {
+    /// What the sender writes.
+    pub sent: Vec<u8>,
+    /// What the receiver must get.
+    pub expected: Vec<u8>,
+    /// Where the rest begins in `sent`.
+    pub sent_at: usize,
+    /// Where the rest begins in `expected`.
+    pub expected_at: usize,
+}
+
+impl SplitFile {
+    /// The FILE `name` with `data` from `sender` (in its framing) to
+    /// `receiver` (in its framing).
+    pub fn new(
+        sender: &Client,
+        receiver: &Client,
+        name: &str,
+        data: &[u8],
+        first_data: usize,
+    ) -> SplitFile {
+        let sent = file_message(sender.framing, &receiver.user, name, data);
+        let expected = file_frame_bytes(receiver.framing, &sender.user, name, data);
+        let sent_at = sent.len() - data.len() + first_data;
+        let expected_at = expected.len() - data.len() + first_data;
+        SplitFile {
+            sent,
+            expected,
+            sent_at,
+            expected_at,
+        }
+    }
+
+    /// The sender writes the first part and the receiver gets exactly its
+    /// bytes (cut through).
+    #[track_caller]
+    pub fn send_head(&self, sender: &mut Client, receiver: &mut Client) {
+        sender.send_raw(&self.sent[..self.sent_at]);
+        receiver.expect_bytes(&self.expected[..self.expected_at]);
+    }
+
+    /// The sender writes the rest from another thread (join the handle).
+    pub fn send_rest_in_background(&self, sender: &Client) -> std::thread::JoinHandle<()> {
+        sender.send_in_background(self.sent[self.sent_at..].to_vec())
+    }
+
+    /// The sender writes the rest from another thread while the receiver
+    /// gets exactly its bytes; then the writer has finished.
+    #[track_caller]
+    pub fn send_rest(&self, sender: &Client, receiver: &mut Client) {
+        let writer = self.send_rest_in_background(sender);
+        receiver.expect_bytes(&self.expected[self.expected_at..]);
+        writer.join().expect("the file sender's thread");
+    }
+}
+
 /// The exact bytes the relay sends for one media frame in `framing`.
 pub fn media_frame_bytes(framing: Framing, payload: &[u8]) -> Vec<u8> {
     let mut body = vec![6u8];
@@ -604,6 +760,18 @@ impl Client {
     pub fn send_heartbeat(&mut self, suffix: bool) {
         let suffix = suffix.then(|| self.user.clone());
         self.send(&ClientMessage::Heartbeat { suffix });
+    }
+
+    /// A MEDIA_DATA for each of `payloads`, all in one write.
+    #[track_caller]
+    pub fn send_media_burst<P: AsRef<[u8]>>(&mut self, payloads: impl IntoIterator<Item = P>) {
+        let mut burst = Vec::new();
+        for payload in payloads {
+            burst.extend(self.encode(&ClientMessage::Media {
+                payload: payload.as_ref().to_vec(),
+            }));
+        }
+        self.send_raw(&burst);
     }
 
     /// Writes `bytes` one byte per write (TCP_NODELAY is on).
@@ -736,23 +904,13 @@ impl RelayProcess {
     /// Spawns `command` (the relay, possibly wrapped), captures its log and
     /// waits for its listening address.
     fn spawn_command(mut command: Command) -> RelayProcess {
-        let mut child = command
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start callrelay");
-        let stderr = child.stderr.take().expect("stderr piped");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (sender, lines) = channel();
         let shared = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                shared.lock().expect("log lock").push(line.clone());
-                let _ = sender.send(line);
-            }
+        let child = spawn_with_stderr_lines(command.env("RUST_LOG", "debug"), move |line| {
+            shared.lock().expect("log lock").push(line.clone());
+            let _ = sender.send(line);
+            true
         });
         let deadline = Instant::now() + WAIT;
         let addr = loop {
@@ -789,6 +947,58 @@ impl RelayProcess {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+/// Spawns `command` (the relay) with stdin and stdout on /dev/null and
+/// stderr piped, and hands each line of its stderr to `on_line`, on another
+/// thread, until `on_line` returns false or stderr closes.
+pub fn spawn_with_stderr_lines(
+    command: &mut Command,
+    mut on_line: impl FnMut(String) -> bool + Send + 'static,
+) -> Child {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start callrelay");
+    let stderr = child.stderr.take().expect("stderr piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !on_line(line) {
+                break;
+            }
+        }
+    });
+    child
+}
+
+/// Everything `reader` yields until its end (what was read before an
+/// error, if one ends it).
+pub fn read_all(mut reader: impl Read) -> String {
+    let mut text = String::new();
+    let _ = reader.read_to_string(&mut text);
+    text
+}
+
+/// [`read_all`] on another thread (e.g. a child's stdout); join for the text.
+pub fn read_all_in_background(
+    reader: impl Read + Send + 'static,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || read_all(reader))
+}
+
+/// Fails unless `stdout`, what `flag` (e.g. `--help`) printed, mentions
+/// every one of `options`.
+#[track_caller]
+pub fn assert_mentions_every(stdout: &str, flag: &str, options: &[&str]) {
+    for option in options {
+        assert!(
+            stdout.contains(option),
+            "{flag} does not mention {option}:\n{stdout}"
+        );
     }
 }
 
