@@ -34,6 +34,14 @@ pub const DEFAULT_MAX_UNREGISTERED: usize = 1_000;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time frames may wait behind a stalled cut-through frame.
 pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default longest wait of a media frame for one receiver before it is
+/// dropped (PROTOCOL.md section 8.2).
+pub const DEFAULT_MEDIA_MAX_DELAY: Duration = Duration::from_millis(300);
+/// Default most unsent bytes the kernel holds per client socket
+/// (`TCP_NOTSENT_LOWAT`, section 8.2).
+pub const DEFAULT_SEND_LOWAT: usize = 16 * 1024;
+/// Default time a call waits for a lost party to come back (section 8.3).
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(10);
 /// Default interval of the stats log line.
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -57,6 +65,12 @@ pub struct Timeouts {
     /// Frames held behind a cut-through frame whose sender stalls may
     /// wait this long; then that sender is closed and its frame padded.
     pub stall: Duration,
+    /// A media frame that waited this long for one receiver is dropped
+    /// whole (zero: never).
+    pub media_max_delay: Duration,
+    /// A call whose party's connection was lost waits this long for it to
+    /// register again (zero: the call ends at once).
+    pub resume_window: Duration,
 }
 
 impl Default for Timeouts {
@@ -70,6 +84,8 @@ impl Default for Timeouts {
             shutdown: DEFAULT_SHUTDOWN_TIMEOUT,
             stats_interval: DEFAULT_STATS_INTERVAL,
             stall: DEFAULT_STALL_TIMEOUT,
+            media_max_delay: DEFAULT_MEDIA_MAX_DELAY,
+            resume_window: DEFAULT_RESUME_WINDOW,
         }
     }
 }
@@ -93,6 +109,9 @@ pub struct Config {
     pub output_soft: usize,
     /// Hard output limit per connection, in bytes.
     pub output_hard: usize,
+    /// Most unsent bytes the kernel may hold per client socket (0: the
+    /// kernel's default, unbounded by us).
+    pub send_lowat: usize,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -108,6 +127,7 @@ impl Default for Config {
             metrics_listen: None,
             output_soft: DEFAULT_OUTPUT_SOFT,
             output_hard: DEFAULT_OUTPUT_HARD,
+            send_lowat: DEFAULT_SEND_LOWAT,
             timeouts: Timeouts::default(),
         }
     }
@@ -217,6 +237,24 @@ fn options() -> Options {
     );
     opts.optopt(
         "",
+        "media-max-delay",
+        "drop a media frame whole once it has waited this long for one receiver; 0 = never (default 0.3)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "send-lowat",
+        "most unsent bytes the kernel may hold per client socket (TCP_NOTSENT_LOWAT), so delay builds up where the relay can drop; 0 = kernel default (default 16K)",
+        "SIZE",
+    );
+    opts.optopt(
+        "",
+        "resume-window",
+        "a call whose party lost its connection waits this long for it to register again; 0 = the call ends at once (default 10)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
         "metrics-listen",
         "serve Prometheus metrics on http://ADDR/metrics (default off)",
         "ADDR",
@@ -322,6 +360,18 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         true,
     )?;
     read_secs(&matches, "stall-timeout", &mut config.timeouts.stall, false)?;
+    read_secs(
+        &matches,
+        "media-max-delay",
+        &mut config.timeouts.media_max_delay,
+        true,
+    )?;
+    read_secs(
+        &matches,
+        "resume-window",
+        &mut config.timeouts.resume_window,
+        true,
+    )?;
     if let Some(listen) = matches.opt_str("metrics-listen") {
         config.metrics_listen = Some(parse_addr(&listen)?);
     }
@@ -344,13 +394,13 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         }
         limits.max_user_id = bytes;
     }
-    read_size(&matches, "max-field", &mut limits.max_field)?;
-    read_size(&matches, "max-text", &mut limits.max_text)?;
+    read_size(&matches, "max-field", &mut limits.max_field, false)?;
+    read_size(&matches, "max-text", &mut limits.max_text, false)?;
     let mut max_file = usize::try_from(limits.max_file).unwrap_or(usize::MAX);
-    read_size(&matches, "max-file", &mut max_file)?;
+    read_size(&matches, "max-file", &mut max_file, false)?;
     limits.max_file = max_file as u64;
     let mut max_media = limits.max_media as usize;
-    read_size(&matches, "max-media", &mut max_media)?;
+    read_size(&matches, "max-media", &mut max_media, false)?;
     limits.max_media = u32::try_from(max_media)
         .ok()
         .filter(|media| *media < u32::MAX)
@@ -365,8 +415,12 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
             "--max-field and --max-text: below 16M (the heartbeat suffix rule relies on it)",
         ));
     }
-    read_size(&matches, "output-soft", &mut config.output_soft)?;
-    read_size(&matches, "output-hard", &mut config.output_hard)?;
+    read_size(&matches, "output-soft", &mut config.output_soft, false)?;
+    read_size(&matches, "send-lowat", &mut config.send_lowat, true)?;
+    if u32::try_from(config.send_lowat).is_err() {
+        return Err(ConfigError::new("--send-lowat must be below 4G"));
+    }
+    read_size(&matches, "output-hard", &mut config.output_hard, false)?;
     if config.output_soft > config.output_hard {
         return Err(ConfigError::new(
             "--output-soft must not exceed --output-hard",
@@ -423,13 +477,16 @@ fn read_size(
     matches: &getopts::Matches,
     name: &str,
     target: &mut usize,
+    zero_ok: bool,
 ) -> Result<(), ConfigError> {
     if let Some(text) = matches.opt_str(name) {
-        *target = parse_size(&text).filter(|size| *size > 0).ok_or_else(|| {
-            ConfigError::new(format!(
-                "--{name}: {text:?} is not a size like 65536, 64K or 8M"
-            ))
-        })?;
+        *target = parse_size(&text)
+            .filter(|size| zero_ok || *size > 0)
+            .ok_or_else(|| {
+                ConfigError::new(format!(
+                    "--{name}: {text:?} is not a size like 65536, 64K or 8M"
+                ))
+            })?;
     }
     Ok(())
 }

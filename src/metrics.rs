@@ -26,6 +26,12 @@ pub struct Counters {
     pub media_dropped_overflow: u64,
     /// Stale seed media chunks dropped in the grace period after a call.
     pub media_dropped_stale: u64,
+    /// Media frames dropped whole after waiting longer than
+    /// `--media-max-delay` for their receiver.
+    pub media_dropped_late: u64,
+    /// Media frames dropped because the other party of the call was
+    /// detached (its connection lost, the call waiting for it to resume).
+    pub media_dropped_detached: u64,
     /// Bytes written straight from a sender's read buffer to a peer socket.
     pub bytes_zero_copy: u64,
     /// Bytes copied into a write queue because the socket could not take them.
@@ -36,6 +42,9 @@ pub struct Counters {
     pub errors_unreported_seed: u64,
     /// Connections closed for passing the hard output limit.
     pub output_overflow_closes: u64,
+    /// FILE frames whose receiver went away before all of it arrived (the
+    /// rest was read from the sender and discarded).
+    pub files_cut_short: u64,
 }
 
 impl Counters {
@@ -48,7 +57,11 @@ impl Counters {
 
     /// Media frames dropped for any reason.
     pub fn media_dropped(&self) -> u64 {
-        self.media_dropped_no_call + self.media_dropped_overflow + self.media_dropped_stale
+        self.media_dropped_no_call
+            + self.media_dropped_overflow
+            + self.media_dropped_stale
+            + self.media_dropped_late
+            + self.media_dropped_detached
     }
 }
 
@@ -205,6 +218,16 @@ pub fn render_prometheus(snapshot: &Snapshot<'_>) -> String {
         "reason=\"stale_after_call\"",
         counters.media_dropped_stale,
     );
+    out.value(
+        "media_frames_dropped_total",
+        "reason=\"late\"",
+        counters.media_dropped_late,
+    );
+    out.value(
+        "media_frames_dropped_total",
+        "reason=\"detached\"",
+        counters.media_dropped_detached,
+    );
     out.family(
         "relayed_bytes_total",
         "counter",
@@ -270,6 +293,12 @@ pub fn render_prometheus(snapshot: &Snapshot<'_>) -> String {
         "Connections closed for passing the hard output limit.",
         counters.output_overflow_closes,
     );
+    out.single(
+        "files_cut_short_total",
+        "counter",
+        "FILE frames whose receiver went away mid-frame (the rest was discarded).",
+        counters.files_cut_short,
+    );
     out.text
 }
 
@@ -277,7 +306,8 @@ pub fn render_prometheus(snapshot: &Snapshot<'_>) -> String {
 pub fn stats_line(snapshot: &Snapshot<'_>) -> String {
     format!(
         "stats: {} connections ({} unregistered, {} paused), {} users, calls {} ringing {} active, \
-         media {} frames {} bytes relayed, {} dropped, {} bytes queued, {} protocol errors",
+         media {} frames {} bytes relayed, {} dropped ({} late, {} over the soft limit, {} detached, \
+         {} without a call, {} stale), {} bytes queued, {} protocol errors",
         snapshot.connections,
         snapshot.unregistered,
         snapshot.paused,
@@ -287,6 +317,11 @@ pub fn stats_line(snapshot: &Snapshot<'_>) -> String {
         snapshot.counters.media_frames_relayed,
         snapshot.counters.media_bytes_relayed,
         snapshot.counters.media_dropped(),
+        snapshot.counters.media_dropped_late,
+        snapshot.counters.media_dropped_overflow,
+        snapshot.counters.media_dropped_detached,
+        snapshot.counters.media_dropped_no_call,
+        snapshot.counters.media_dropped_stale,
         snapshot.queued_bytes,
         snapshot.counters.protocol_errors.iter().sum::<u64>(),
     )

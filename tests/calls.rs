@@ -132,7 +132,9 @@ fn nobody_acts_on_a_call_they_are_not_in() {
 #[test]
 fn disconnect_mid_call_ends_it_for_the_other_party() {
     for framing in BOTH {
-        let (relay, mut alice, bob, call_id) = relay_with_call(&[], framing, framing);
+        // Without a resume window (PROTOCOL.md 8.3) the call ends at once.
+        let (relay, mut alice, bob, call_id) =
+            relay_with_call(&["--resume-window", "0"], framing, framing);
         drop(bob);
         alice.expect_end(&call_id);
         // Ringing, the caller leaves.
@@ -145,7 +147,10 @@ fn disconnect_mid_call_ends_it_for_the_other_party() {
 
 #[test]
 fn duplicate_registration_replaces_the_old_connection() {
-    let (relay, mut alice, mut bob, call_id) = relay_with_call(&[], Seed, LengthPrefixed);
+    // Without a resume window (PROTOCOL.md 8.3) the replaced connection's
+    // call ends as on disconnect; tests/resume.rs has the call moving.
+    let (relay, mut alice, mut bob, call_id) =
+        relay_with_call(&["--resume-window", "0"], Seed, LengthPrefixed);
     let mut bob_again = relay.client("bob", LengthPrefixed);
     bob.expect_error("replaced");
     bob.expect_closed();

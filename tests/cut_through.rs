@@ -305,6 +305,9 @@ fn a_receiver_replaced_mid_frame_gets_no_error_inside_the_frame() {
 
     let writer = file.send_rest_in_background(&alice);
     writer.join().expect("alice's sender thread");
+    // The rest was discarded; alice is told her FILE was cut short
+    // (PROTOCOL.md 8.4).
+    alice.expect_error("offline");
     alice.barrier();
     new_bob.barrier();
     alice.text("bob", "are you the new bob?");

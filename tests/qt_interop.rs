@@ -27,7 +27,12 @@ pub fn qt_client() -> PathBuf {
 
 #[track_caller]
 fn scenario(name: &str) {
-    let relay = RelayProcess::start(&[]);
+    scenario_with(name, &[]);
+}
+
+/// Runs scenario `name` against a relay started with `args`.
+fn scenario_with(name: &str, args: &[&str]) {
+    let relay = RelayProcess::start(args);
     let output = Command::new(qt_client())
         .args(["scenario", name, "127.0.0.1"])
         .arg(relay.addr().port().to_string())
@@ -74,7 +79,13 @@ fn qt_cancel_while_ringing() {
 
 #[test]
 fn qt_peer_disconnect_mid_call() {
-    scenario("disconnect");
+    // Without a resume window the call ends when a party vanishes.
+    scenario_with("disconnect", &["--resume-window", "0"]);
+}
+
+#[test]
+fn qt_call_survives_a_reconnect() {
+    scenario("resume");
 }
 
 #[test]

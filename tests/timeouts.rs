@@ -77,7 +77,16 @@ fn unregistered_connections_are_closed_at_the_registration_timeout() {
 /// itself alive with heartbeats: `idle` gets ERROR timeout and EOF, `peer`
 /// gets CALL_END and stays online.
 fn idle_party_of_a_call_times_out(idle_framing: Framing, peer_framing: Framing) {
-    let relay = RelayProcess::start(&["--register-timeout", "0.3", "--idle-timeout", "0.5"]);
+    // Without a resume window (PROTOCOL.md 8.3) the idle party's call ends
+    // at once; tests/resume.rs has the call waiting for it.
+    let relay = RelayProcess::start(&[
+        "--register-timeout",
+        "0.3",
+        "--idle-timeout",
+        "0.5",
+        "--resume-window",
+        "0",
+    ]);
     let mut peer = relay.client("peer", peer_framing);
     let mut idle = relay.client("idle", idle_framing);
     let call_id = ring(&mut peer, &mut idle, true);

@@ -6,13 +6,44 @@ use std::time::Instant;
 
 use crate::ids::{CallId, ConnId, UserId};
 
+/// Whether a party's user has a connection (PROTOCOL.md section 8.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// This connection is the party.
+    Attached(ConnId),
+    /// The party's connection was lost; the call waits for the user to
+    /// register again until `until`.
+    Detached {
+        /// When the resume window ends.
+        until: Instant,
+    },
+}
+
 /// One side of a call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Party {
-    /// Its connection.
-    pub conn: ConnId,
+    /// Its connection, or that it has none for now.
+    pub at: Attachment,
     /// Its user id.
     pub user: UserId,
+}
+
+impl Party {
+    /// An attached party.
+    pub fn attached(conn: ConnId, user: UserId) -> Party {
+        Party {
+            at: Attachment::Attached(conn),
+            user,
+        }
+    }
+
+    /// Its connection, if it is attached.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self.at {
+            Attachment::Attached(conn) => Some(conn),
+            Attachment::Detached { .. } => None,
+        }
+    }
 }
 
 /// Where a call stands.
@@ -54,18 +85,38 @@ pub enum Role {
 impl Call {
     /// The role `conn` has in this call, if any.
     pub fn role_of(&self, conn: ConnId) -> Option<Role> {
-        if self.caller.conn == conn {
+        if self.caller.conn() == Some(conn) {
             Some(Role::Caller)
-        } else if self.callee.conn == conn {
+        } else if self.callee.conn() == Some(conn) {
             Some(Role::Callee)
         } else {
             None
         }
     }
 
+    /// The party that `user` is, if either is.
+    pub fn party_of_user_mut(&mut self, user: &UserId) -> Option<&mut Party> {
+        if self.caller.user == *user {
+            Some(&mut self.caller)
+        } else if self.callee.user == *user {
+            Some(&mut self.callee)
+        } else {
+            None
+        }
+    }
+
+    /// The party other than `user`'s.
+    pub fn other_than_user(&self, user: &UserId) -> &Party {
+        if self.caller.user == *user {
+            &self.callee
+        } else {
+            &self.caller
+        }
+    }
+
     /// The party other than `conn`.
     pub fn other_party(&self, conn: ConnId) -> &Party {
-        if self.caller.conn == conn {
+        if self.caller.conn() == Some(conn) {
             &self.callee
         } else {
             &self.caller
@@ -84,20 +135,25 @@ pub enum EndReason {
     Cancelled,
     /// Nobody answered within the ring timeout.
     RingTimeout,
-    /// A party's connection closed (disconnect, replacement, timeout, error).
+    /// A party's connection closed for good (a protocol error, the output
+    /// limit, a replacement or loss with no resume window).
     PartyLeft,
+    /// A party's connection was lost and it did not come back within the
+    /// resume window.
+    ResumeExpired,
     /// The server shut down.
     Shutdown,
 }
 
 impl EndReason {
     /// Every reason, for counters.
-    pub const ALL: [EndReason; 6] = [
+    pub const ALL: [EndReason; 7] = [
         EndReason::Hangup,
         EndReason::Rejected,
         EndReason::Cancelled,
         EndReason::RingTimeout,
         EndReason::PartyLeft,
+        EndReason::ResumeExpired,
         EndReason::Shutdown,
     ];
 
@@ -109,6 +165,7 @@ impl EndReason {
             EndReason::Cancelled => "cancelled",
             EndReason::RingTimeout => "ring_timeout",
             EndReason::PartyLeft => "party_left",
+            EndReason::ResumeExpired => "resume_expired",
             EndReason::Shutdown => "shutdown",
         }
     }

@@ -10,6 +10,7 @@ pub mod call_id;
 pub mod calls;
 pub mod registry;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -19,7 +20,7 @@ use crate::protocol::ErrorCode;
 use crate::protocol::frame::{ClientFrame, ServerFrame};
 use crate::protocol::qdatastream::{QStr, QString};
 use call_id::CallIdSource;
-use calls::{Call, CallState, Calls, EndReason, Party, Role};
+use calls::{Attachment, Call, CallState, Calls, EndReason, Party, Role};
 use registry::Registry;
 
 /// Something the server must do on the relay's behalf.
@@ -55,12 +56,21 @@ pub enum Action {
     Link {
         /// The sender side.
         conn: ConnId,
-        /// Where its media goes.
-        peer: ConnId,
+        /// Where its media goes (`None`: the peer is detached, its media is
+        /// dropped until it comes back).
+        peer: Option<ConnId>,
         /// The call that links them.
         call_id: CallId,
         /// The peer's user id (a CALL_END ref naming it ends the call).
         peer_user: UserId,
+    },
+    /// The call of `conn` goes on, its media now to `peer` (`None`: the
+    /// peer is detached): a party came back on a new connection, or left.
+    Relink {
+        /// The sender side.
+        conn: ConnId,
+        /// Where its media goes now.
+        peer: Option<ConnId>,
     },
     /// The call linking `conn` to a peer ended.
     Unlink {
@@ -81,6 +91,33 @@ pub enum Action {
 pub enum RelayTimer {
     /// The ring timeout of a call.
     Ring(CallId),
+    /// The resume window of `user`, detached from `call`, ends.
+    Resume {
+        /// The call.
+        call: CallId,
+        /// The detached user.
+        user: UserId,
+    },
+}
+
+/// How a connection went away (PROTOCOL.md section 8.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Departure {
+    /// Lost: closed or reset by the peer, failed, or closed as idle. Its
+    /// call waits for the user to come back within the resume window.
+    Lost,
+    /// Closed by the relay for cause (a protocol error, the output limit,
+    /// shutdown): its call ends at once.
+    Ended,
+}
+
+/// A user who left a call's connection behind, within the resume window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Away {
+    /// The call goes on without the user.
+    InCall(CallId),
+    /// The call ended while the user was away: coming back, it is told so.
+    CallEnded(CallId),
 }
 
 /// Where a FILE goes.
@@ -122,6 +159,9 @@ pub struct RelayStats {
 pub struct Relay {
     registry: Registry,
     calls: Calls,
+    /// Users detached from a call, within its resume window.
+    away: HashMap<UserId, Away>,
+    resume_window: Duration,
     ring_timeout: Duration,
     max_user_id: usize,
     ids: CallIdSource,
@@ -129,11 +169,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay with no users, ringing calls for `ring_timeout`.
-    pub fn new(ring_timeout: Duration, max_user_id: usize) -> Relay {
+    /// A relay with no users, ringing calls for `ring_timeout`; a lost
+    /// party may come back within `resume_window` (zero: calls end when a
+    /// party's connection goes).
+    pub fn new(ring_timeout: Duration, resume_window: Duration, max_user_id: usize) -> Relay {
         Relay {
             registry: Registry::default(),
             calls: Calls::default(),
+            away: HashMap::new(),
+            resume_window,
             ring_timeout,
             max_user_id: max_user_id.min(USER_ID_MAX_BYTES),
             ids: CallIdSource::new(),
@@ -169,37 +213,154 @@ impl Relay {
         &mut self,
         conn: ConnId,
         user: &[u8],
+        now: Instant,
         out: &mut Vec<Action>,
     ) -> Result<(), UserIdError> {
         let user = UserId::from_utf8(user, self.max_user_id)?;
-        self.register_user(conn, user, out);
+        self.register_user(conn, user, now, out);
         Ok(())
     }
 
     /// `conn` registered the valid id `user` (see [`Relay::register`]).
-    pub fn register_user(&mut self, conn: ConnId, user: UserId, out: &mut Vec<Action>) {
-        info!("{conn} registered as {user}");
+    ///
+    /// With a resume window (PROTOCOL.md 8.3), the new connection takes the
+    /// place of the old one in its call, and a user who was detached from a
+    /// call comes back into it; either way it is told where the call stands.
+    pub fn register_user(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        debug!("{conn} registered as {user}");
         if let Some(old) = self.registry.register(conn, user.clone()) {
             info!("{old} replaced by {conn} for {user}");
-            self.leave(old, out);
+            let call = self.registry.session(old).and_then(|s| s.call.clone());
+            match call {
+                Some(call_id) if !self.resume_window.is_zero() => {
+                    self.set_call(old, None);
+                    self.attach(&call_id, &user, conn, out);
+                }
+                _ => self.leave(old, Departure::Ended, now, out),
+            }
+            self.registry.remove(old);
             out.push(Action::Close {
                 conn: old,
                 code: ErrorCode::Replaced,
                 detail: "a newer connection registered this user id".to_owned(),
             });
+            return;
+        }
+        match self.away.remove(&user) {
+            Some(Away::InCall(call_id)) => self.attach(&call_id, &user, conn, out),
+            Some(Away::CallEnded(call_id)) => {
+                info!("call {call_id}: {user} came back after it ended");
+                out.push(Action::Send {
+                    to: conn,
+                    frame: ServerFrame::CallEnd { call_id },
+                });
+            }
+            None => {}
         }
     }
 
-    /// `conn` is gone (closed, timed out, replaced, protocol error): its
-    /// call ends for the other party and its id goes offline.
-    pub fn leave(&mut self, conn: ConnId, out: &mut Vec<Action>) {
-        if let Some(call_id) = self.registry.session(conn).and_then(|s| s.call.clone())
-            && let Some(call) = self.calls.get(&call_id)
-        {
-            let other = call.other_party(conn).conn;
-            self.end_call(&call_id, EndReason::PartyLeft, &[other], out);
+    /// `conn` becomes `user`'s party in `call_id` and is told where the
+    /// call stands (PROTOCOL.md 8.3): accepted, `3 callId`; ringing to it,
+    /// the CALL_REQUEST again; ringing from it, nothing.
+    fn attach(&mut self, call_id: &CallId, user: &UserId, conn: ConnId, out: &mut Vec<Action>) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let Some(party) = call.party_of_user_mut(user) else {
+            return;
+        };
+        party.at = Attachment::Attached(conn);
+        let role = call.role_of(conn);
+        let (state, video, caller) = (call.state, call.video, call.caller.user.clone());
+        let other = call.other_than_user(user).clone();
+        info!("call {call_id}: {user} attached on {conn}");
+        self.set_call(conn, Some(call_id.clone()));
+        match (state, role) {
+            (CallState::Active, _) => {
+                out.push(Action::Send {
+                    to: conn,
+                    frame: ServerFrame::CallAccept {
+                        call_id: call_id.clone(),
+                    },
+                });
+                out.push(Action::Link {
+                    conn,
+                    peer: other.conn(),
+                    call_id: call_id.clone(),
+                    peer_user: other.user.clone(),
+                });
+                if let Some(other) = other.conn() {
+                    out.push(Action::Relink {
+                        conn: other,
+                        peer: Some(conn),
+                    });
+                }
+            }
+            (CallState::Ringing { .. }, Some(Role::Callee)) => out.push(Action::Send {
+                to: conn,
+                frame: ServerFrame::CallRequest {
+                    call_id: call_id.clone(),
+                    caller,
+                    video,
+                },
+            }),
+            (CallState::Ringing { .. }, _) => {}
         }
-        self.registry.remove(conn);
+    }
+
+    /// `conn` is gone: its id goes offline. A call it was in ends for the
+    /// other party, unless the connection was lost and a resume window is
+    /// set: then the party is detached and the call waits for the user to
+    /// register again (PROTOCOL.md 8.3).
+    pub fn leave(
+        &mut self,
+        conn: ConnId,
+        departure: Departure,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let session = self.registry.remove(conn);
+        let Some((user, Some(call_id))) = session.map(|s| (s.user, s.call)) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if departure == Departure::Ended || self.resume_window.is_zero() {
+            let other = call.other_party(conn).conn();
+            self.end_call(&call_id, EndReason::PartyLeft, &[other], out);
+            return;
+        }
+        let until = now + self.resume_window;
+        if let Some(party) = call.party_of_user_mut(&user) {
+            party.at = Attachment::Detached { until };
+        }
+        let other = call.other_than_user(&user).conn();
+        if let (CallState::Active, Some(other)) = (call.state, other) {
+            out.push(Action::Relink {
+                conn: other,
+                peer: None,
+            });
+        }
+        info!(
+            "call {call_id}: {user} detached; waiting {:?} for it to come back",
+            self.resume_window
+        );
+        self.away
+            .insert(user.clone(), Away::InCall(call_id.clone()));
+        out.push(Action::ArmTimer {
+            at: until,
+            timer: RelayTimer::Resume {
+                call: call_id,
+                user,
+            },
+        });
     }
 
     /// The user id `conn` registered, if it did.
@@ -265,27 +426,73 @@ impl Relay {
 
     /// A timer the relay armed has fired.
     pub fn on_timer(&mut self, timer: &RelayTimer, now: Instant, out: &mut Vec<Action>) {
-        let RelayTimer::Ring(call_id) = timer;
+        match timer {
+            RelayTimer::Ring(call_id) => self.ring_timeout(call_id, now, out),
+            RelayTimer::Resume { call, user } => self.resume_expired(call, user, now, out),
+        }
+    }
+
+    /// `user`'s resume window in `call_id` ended: still detached, the call
+    /// ends (the other party gets CALL_END); a call that already ended
+    /// while it was away is forgotten.
+    fn resume_expired(
+        &mut self,
+        call_id: &CallId,
+        user: &UserId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match self.away.get(user) {
+            Some(Away::CallEnded(id)) if id == call_id => {
+                self.away.remove(user);
+            }
+            Some(Away::InCall(id)) if id == call_id => {
+                // A user who came back and was lost again has a later
+                // window (and timer) of its own.
+                let Some(call) = self.calls.get(call_id) else {
+                    return;
+                };
+                let expired = [&call.caller, &call.callee].iter().any(|party| {
+                    party.user == *user
+                        && matches!(party.at, Attachment::Detached { until } if until <= now)
+                });
+                if !expired {
+                    return;
+                }
+                let other = call.other_than_user(user).conn();
+                self.away.remove(user);
+                info!("call {call_id}: {user} did not come back within the resume window");
+                self.end_call(call_id, EndReason::ResumeExpired, &[other], out);
+            }
+            _ => {}
+        }
+    }
+
+    fn ring_timeout(&mut self, call_id: &CallId, now: Instant, out: &mut Vec<Action>) {
         let Some(call) = self.calls.get(call_id) else {
             return;
         };
         if let CallState::Ringing { deadline } = call.state
             && now >= deadline
         {
-            let (caller, callee) = (call.caller.conn, call.callee.conn);
-            out.push(Action::Send {
-                to: caller,
-                frame: ServerFrame::CallReject {
-                    call_id: call_id.clone(),
-                    reason: QString::from_str("timeout"),
-                },
-            });
-            out.push(Action::Send {
-                to: callee,
-                frame: ServerFrame::CallEnd {
-                    call_id: call_id.clone(),
-                },
-            });
+            let (caller, callee) = (call.caller.conn(), call.callee.conn());
+            if let Some(caller) = caller {
+                out.push(Action::Send {
+                    to: caller,
+                    frame: ServerFrame::CallReject {
+                        call_id: call_id.clone(),
+                        reason: QString::from_str("timeout"),
+                    },
+                });
+            }
+            if let Some(callee) = callee {
+                out.push(Action::Send {
+                    to: callee,
+                    frame: ServerFrame::CallEnd {
+                        call_id: call_id.clone(),
+                    },
+                });
+            }
             self.end_call(call_id, EndReason::RingTimeout, &[], out);
         }
     }
@@ -297,18 +504,25 @@ impl Relay {
             let Some(call) = self.calls.get(&call_id) else {
                 continue;
             };
-            let both = [call.caller.conn, call.callee.conn];
+            let both = [call.caller.conn(), call.callee.conn()];
             self.end_call(&call_id, EndReason::Shutdown, &both, out);
         }
+        self.away.clear();
     }
 
     /// False once a timer can no longer do anything (its call was answered
     /// or ended), so the server may forget it.
     pub fn timer_is_live(&self, timer: &RelayTimer) -> bool {
-        let RelayTimer::Ring(call_id) = timer;
-        self.calls
-            .get(call_id)
-            .is_some_and(|call| matches!(call.state, CallState::Ringing { .. }))
+        match timer {
+            RelayTimer::Ring(call_id) => self
+                .calls
+                .get(call_id)
+                .is_some_and(|call| matches!(call.state, CallState::Ringing { .. })),
+            RelayTimer::Resume { call, user } => matches!(
+                self.away.get(user),
+                Some(Away::InCall(id) | Away::CallEnded(id)) if id == call
+            ),
+        }
     }
 
     fn online_user(&self, name: QStr<'_>) -> Option<ConnId> {
@@ -334,6 +548,7 @@ impl Relay {
             None => Some("invalid"),
             Some(user) if *user == caller => Some("invalid"),
             Some(_) if self.in_call(conn) => Some("busy"),
+            Some(user) if matches!(self.away.get(user), Some(Away::InCall(_))) => Some("busy"),
             Some(user) => match self.registry.lookup(user) {
                 None => Some("offline"),
                 Some(callee_conn) if self.in_call(callee_conn) => Some("busy"),
@@ -379,11 +594,8 @@ impl Relay {
         self.set_call(callee_conn, Some(call_id.clone()));
         self.calls.insert(Call {
             id: call_id,
-            caller: Party { conn, user: caller },
-            callee: Party {
-                conn: callee_conn,
-                user: callee_user,
-            },
+            caller: Party::attached(conn, caller),
+            callee: Party::attached(callee_conn, callee_user),
             video,
             state: CallState::Ringing { deadline },
         });
@@ -403,15 +615,19 @@ impl Relay {
                 info!("call {call_id}: accepted by {}", call.callee.user);
                 let (caller, callee) = (call.caller.clone(), call.callee.clone());
                 for (me, peer) in [(&caller, &callee), (&callee, &caller)] {
+                    // A detached caller hears of it when it comes back.
+                    let Some(me_conn) = me.conn() else {
+                        continue;
+                    };
                     out.push(Action::Send {
-                        to: me.conn,
+                        to: me_conn,
                         frame: ServerFrame::CallAccept {
                             call_id: call_id.clone(),
                         },
                     });
                     out.push(Action::Link {
-                        conn: me.conn,
-                        peer: peer.conn,
+                        conn: me_conn,
+                        peer: peer.conn(),
                         call_id: call_id.clone(),
                         peer_user: peer.user.clone(),
                     });
@@ -437,7 +653,7 @@ impl Relay {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let both = [call.caller.conn, call.callee.conn];
+        let both = [call.caller.conn(), call.callee.conn()];
         match (call.role_of(conn), call.state) {
             (Some(Role::Callee), CallState::Ringing { .. }) => {
                 info!(
@@ -445,7 +661,7 @@ impl Relay {
                     call.callee.user,
                     reason.to_string_lossy()
                 );
-                for to in both {
+                for to in both.into_iter().flatten() {
                     out.push(Action::Send {
                         to,
                         frame: ServerFrame::CallReject {
@@ -471,7 +687,7 @@ impl Relay {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let both = [call.caller.conn, call.callee.conn];
+        let both = [call.caller.conn(), call.callee.conn()];
         self.end_call(&call_id, EndReason::Hangup, &both, out);
     }
 
@@ -507,12 +723,14 @@ impl Relay {
         }
     }
 
-    /// Removes a call, unlinks its parties and sends CALL_END to `notify`.
+    /// Removes a call, unlinks its attached parties and sends CALL_END to
+    /// `notify` (entries that are `None` are detached parties: they are
+    /// told when they come back within their window).
     fn end_call(
         &mut self,
         call_id: &CallId,
         reason: EndReason,
-        notify: &[ConnId],
+        notify: &[Option<ConnId>],
         out: &mut Vec<Action>,
     ) {
         let Some(call) = self.calls.remove(call_id) else {
@@ -527,7 +745,7 @@ impl Relay {
         if let Some(index) = EndReason::ALL.iter().position(|r| *r == reason) {
             self.stats.calls_ended[index] += 1;
         }
-        for to in notify {
+        for to in notify.iter().flatten() {
             out.push(Action::Send {
                 to: *to,
                 frame: ServerFrame::CallEnd {
@@ -536,9 +754,18 @@ impl Relay {
             });
         }
         for party in [&call.caller, &call.callee] {
-            self.set_call(party.conn, None);
-            if call.state == CallState::Active {
-                out.push(Action::Unlink { conn: party.conn });
+            match party.at {
+                Attachment::Attached(conn) => {
+                    self.set_call(conn, None);
+                    if call.state == CallState::Active {
+                        out.push(Action::Unlink { conn });
+                    }
+                }
+                Attachment::Detached { .. } => {
+                    if let Some(away) = self.away.get_mut(&party.user) {
+                        *away = Away::CallEnded(call_id.clone());
+                    }
+                }
             }
         }
     }

@@ -60,7 +60,7 @@ struct World {
 impl World {
     fn new() -> World {
         let mut world = World {
-            relay: Relay::new(RING, USER_ID_MAX_BYTES),
+            relay: Relay::new(RING, Duration::ZERO, USER_ID_MAX_BYTES),
             now: Instant::now(),
         };
         for (conn, name) in [
@@ -80,13 +80,14 @@ impl World {
 
     fn register(&mut self, conn: ConnId, name: &str) -> Vec<Action> {
         let mut out = Vec::new();
-        self.relay.register_user(conn, user(name), &mut out);
+        self.relay
+            .register_user(conn, user(name), self.now, &mut out);
         out
     }
 
     fn leave(&mut self, conn: ConnId) -> Vec<Action> {
         let mut out = Vec::new();
-        self.relay.leave(conn, &mut out);
+        self.relay.leave(conn, Departure::Lost, self.now, &mut out);
         out
     }
 
@@ -542,13 +543,13 @@ fn callee_accept_sends_call_accept_to_both_and_links_both_ways() {
             accepted(BOB),
             Action::Link {
                 conn: ALICE,
-                peer: BOB,
+                peer: Some(BOB),
                 call_id: call_id.clone(),
                 peer_user: user("bob"),
             },
             Action::Link {
                 conn: BOB,
-                peer: ALICE,
+                peer: Some(ALICE),
                 call_id: call_id.clone(),
                 peer_user: user("alice"),
             },

@@ -159,6 +159,13 @@ struct Segment {
     meta: PieceMeta,
 }
 
+/// One frame of a queue: its first segment's meta and how many segments
+/// it spans.
+struct FrameSpan {
+    meta: PieceMeta,
+    segments: usize,
+}
+
 /// Output that the socket has not taken yet.
 #[derive(Default)]
 pub struct WriteQueue {
@@ -230,6 +237,85 @@ impl WriteQueue {
         self.segments
             .front()
             .map(|segment| (segment.meta, self.front_written > 0))
+    }
+
+    /// Drops every whole media frame that has not begun to go out and
+    /// arrived before `cutoff` (PROTOCOL.md 8.2); bytes of other frames
+    /// keep their order. `keep_last`: the queue's last frame is still
+    /// arriving (a cut-through frame in progress) and stays whatever its
+    /// age. Returns the frames dropped.
+    pub fn drop_late_media(&mut self, cutoff: Instant, keep_last: bool) -> u64 {
+        // A frame is a segment that starts one plus the segments that
+        // continue it; find the late ones first, so the common case (none)
+        // copies nothing.
+        let frames = self.frames();
+        let last = frames.len().saturating_sub(1);
+        let late = |at: usize, frame: &FrameSpan| {
+            frame.meta.kind == PieceKind::Media
+                && frame.meta.starts_frame
+                && frame.meta.arrived < cutoff
+                && !(at == 0 && self.front_written > 0)
+                && !(keep_last && at == last)
+        };
+        if !frames.iter().enumerate().any(|(at, frame)| late(at, frame)) {
+            return 0;
+        }
+        let mut kept = WriteQueue::default();
+        let mut dropped = 0;
+        let mut offset = self.head;
+        let mut segments = std::mem::take(&mut self.segments).into_iter();
+        for (at, frame) in frames.iter().enumerate() {
+            let drop_it = late(at, frame);
+            dropped += u64::from(drop_it);
+            for (index, segment) in segments.by_ref().take(frame.segments).enumerate() {
+                let skip = if at == 0 && index == 0 {
+                    self.front_written
+                } else {
+                    0
+                };
+                let len = segment.len - skip;
+                if !drop_it {
+                    let part = self.bytes.get(offset..offset + len).unwrap_or_default();
+                    // The rest of a frame that has begun to go out is kept
+                    // as a continuation: it can never be dropped.
+                    let meta = PieceMeta {
+                        starts_frame: segment.meta.starts_frame && skip == 0,
+                        ..segment.meta
+                    };
+                    kept.push_segment(part, meta);
+                }
+                offset += len;
+            }
+        }
+        *self = kept;
+        dropped
+    }
+
+    /// The queue's frames, front first.
+    fn frames(&self) -> Vec<FrameSpan> {
+        let mut frames: Vec<FrameSpan> = Vec::new();
+        for segment in &self.segments {
+            match frames.last_mut() {
+                Some(frame) if !segment.meta.starts_frame => frame.segments += 1,
+                _ => frames.push(FrameSpan {
+                    meta: segment.meta,
+                    segments: 1,
+                }),
+            }
+        }
+        frames
+    }
+
+    /// Appends `bytes` as a segment of its own (no merging).
+    fn push_segment(&mut self, bytes: &[u8], meta: PieceMeta) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.bytes.extend_from_slice(bytes);
+        self.segments.push_back(Segment {
+            len: bytes.len(),
+            meta,
+        });
     }
 
     /// Records that the socket took `count` bytes; frees the storage once
@@ -316,6 +402,38 @@ mod tests {
         queue.advance(9);
         assert!(queue.is_empty());
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn late_media_frames_are_dropped_whole_and_nothing_else() {
+        let old = Instant::now();
+        let cutoff = old + std::time::Duration::from_millis(10);
+        let fresh = cutoff + std::time::Duration::from_millis(10);
+        let at = |kind, arrived, starts_frame| PieceMeta {
+            kind,
+            arrived,
+            starts_frame,
+        };
+        let mut queue = WriteQueue::default();
+        queue.push(&[b"M1"], at(PieceKind::Media, old, true));
+        queue.advance(1); // M1 has started: it is finished.
+        queue.push(&[b"T1"], at(PieceKind::Reliable, old, true));
+        queue.push(&[b"M2a"], at(PieceKind::Media, old, true));
+        queue.push(&[b"M2b"], at(PieceKind::Media, old, false));
+        queue.push(&[b"M3"], at(PieceKind::Media, fresh, true));
+        queue.push(&[b"M4"], at(PieceKind::Media, old, true));
+        queue.push(&[b"+pad"], at(PieceKind::Reliable, old, false));
+        queue.push(&[b"M5"], at(PieceKind::Media, old, true));
+        // M5 is the frame still arriving: kept.
+        assert_eq!(queue.drop_late_media(cutoff, true), 2);
+        assert_eq!(queue.pending(), b"1T1M3M5");
+        let (front, started) = queue.front().expect("M1's rest");
+        assert_eq!((front.kind, started), (PieceKind::Media, false));
+        assert_eq!(queue.drop_late_media(cutoff, false), 1, "M5 once complete");
+        assert_eq!(queue.pending(), b"1T1M3");
+        assert_eq!(queue.drop_late_media(cutoff, false), 0);
+        queue.advance(queue.len());
+        assert!(queue.is_empty());
     }
 
     #[test]

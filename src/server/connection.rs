@@ -62,8 +62,9 @@ pub enum ReadSide {
 
 /// The call link of a connection: where its media goes.
 pub struct MediaLink {
-    /// The other party.
-    pub peer: ConnId,
+    /// The other party's connection (`None` while it is detached: its
+    /// media is dropped until it comes back, PROTOCOL.md 8.3).
+    pub peer: Option<ConnId>,
     /// The call (for logs).
     pub call_id: CallId,
     /// Wire encodings of the CALL_END refs that end this call, for the seed
@@ -76,7 +77,7 @@ pub struct MediaLink {
 
 impl MediaLink {
     /// A link to `peer` for `call_id`, whose other party is `peer_user`.
-    pub fn new(peer: ConnId, call_id: CallId, peer_user: &str) -> MediaLink {
+    pub fn new(peer: Option<ConnId>, call_id: CallId, peer_user: &str) -> MediaLink {
         let mut end_refs = Vec::with_capacity(4);
         for text in [
             QString::from_str(call_id.as_str()),
@@ -119,8 +120,10 @@ pub struct Connection {
     pub registered_interest: Interest,
     /// The registered id's bytes (empty before registration).
     pub user_id: Box<[u8]>,
-    /// When the last input byte arrived.
-    pub last_input: Instant,
+    /// When it last made progress: a byte arrived from it, or its socket
+    /// took a byte of its output (PROTOCOL.md section 8.1: a listener is
+    /// not idle while its output flows).
+    pub last_progress: Instant,
     /// The accepted call this connection is in, if any (boxed: most
     /// connections are idle and should stay small).
     pub link: Option<Box<MediaLink>>,
@@ -152,7 +155,7 @@ impl Connection {
             output: WriteQueue::default(),
             registered_interest: Interest::READABLE,
             user_id: Box::default(),
-            last_input: now,
+            last_progress: now,
             link: None,
             grace_until: None,
             outbound: Outbound::Idle,
@@ -264,12 +267,16 @@ impl Connection {
         }
     }
 
-    /// Writes queued output until it is empty or the transport would block.
-    /// Returns false if the socket failed (the peer is gone).
-    pub fn flush(&mut self) -> bool {
+    /// Writes queued output until it is empty or the transport would block
+    /// (taken bytes count as progress at `now`). Returns false if the
+    /// socket failed (the peer is gone).
+    pub fn flush(&mut self, now: Instant) -> bool {
         while !self.output.is_empty() {
             let (count, result) = self.transport.write(&[self.output.pending()]);
             self.output.advance(count);
+            if count > 0 {
+                self.last_progress = now;
+            }
             match result {
                 SocketResult::Continue => {}
                 SocketResult::WouldBlock => return true,

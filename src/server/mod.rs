@@ -6,6 +6,7 @@
 pub mod buffer;
 pub mod connection;
 pub mod event_loop;
+pub mod log_budget;
 pub mod metrics_http;
 pub mod pipe;
 pub mod socket;

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::Shutdown;
+use std::time::Duration;
 
 use mio::event::Source;
 use mio::net::TcpStream;
@@ -21,7 +22,42 @@ pub enum Transport {
     Plain(TcpStream),
 }
 
+/// The socket options every client connection gets (PROTOCOL.md 8.1, 8.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// `TCP_USER_TIMEOUT`: written data unacknowledged this long fails the
+    /// socket, so a vanished peer is found in about the idle timeout
+    /// instead of the kernel's ~15 minutes of retransmissions.
+    pub user_timeout: Duration,
+    /// `TCP_NOTSENT_LOWAT` (0: leave the kernel's default): the kernel
+    /// takes at most this many unsent bytes, so a slow receiver's backlog
+    /// builds up in the relay's queue, where late media can be dropped.
+    pub send_lowat: u32,
+}
+
 impl Transport {
+    /// A plain TCP client connection, tuned. A failed option is logged by
+    /// the caller and the connection kept: it still works, only less well.
+    pub fn plain(
+        stream: TcpStream,
+        tuning: &Tuning,
+    ) -> (Transport, Vec<(&'static str, io::Error)>) {
+        let mut failures = Vec::new();
+        if let Err(error) = stream.set_nodelay(true) {
+            failures.push(("TCP_NODELAY", error));
+        }
+        let socket = socket2::SockRef::from(&stream);
+        if let Err(error) = socket.set_tcp_user_timeout(Some(tuning.user_timeout)) {
+            failures.push(("TCP_USER_TIMEOUT", error));
+        }
+        if tuning.send_lowat > 0
+            && let Err(error) = socket.set_tcp_notsent_lowat(tuning.send_lowat)
+        {
+            failures.push(("TCP_NOTSENT_LOWAT", error));
+        }
+        (Transport::Plain(stream), failures)
+    }
+
     /// Reads once into `buf`: the byte count and how it ended.
     pub fn read(&mut self, buf: &mut [u8]) -> (usize, SocketResult) {
         match self {

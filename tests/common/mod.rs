@@ -1061,3 +1061,37 @@ impl Client {
         }
     }
 }
+
+// ----- metrics ----------------------------------------------------------------
+
+/// `GET /metrics` over a raw socket; returns the body.
+#[track_caller]
+pub fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to metrics");
+    stream
+        .set_read_timeout(Some(WAIT))
+        .expect("set read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the whole response");
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "metrics answered: {response:?}"
+    );
+    let (_, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    body.to_owned()
+}
+
+/// The value of the sample `series` (name and labels exactly as written).
+#[track_caller]
+pub fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}

@@ -184,6 +184,30 @@ bool scenarioDisconnect()
     return true;
 }
 
+// PROTOCOL.md 8.3: bob's connection is lost mid-call and the guide's client
+// connects and registers again; it gets CALL_ACCEPT of the same call (its
+// handler restarts media on it), alice hears nothing, and media flows
+// between alice and the new connection.
+bool scenarioResume()
+{
+    Client alice = online("alice", false), bob = online("bob", false);
+    CHECK(alice && bob, "both register");
+    bool ok = false;
+    QString callId = acceptedCall(*alice, *bob, &ok);
+    CHECK(ok, "call is accepted");
+    bob->socket->abort();
+    Client newBob(new GuideClient("bob", false));
+    CHECK(newBob->connectTo(g_host, g_port), "bob connects again");
+    newBob->registerClient("bob");
+    Event event = newBob->waitFor(MSG_CALL_ACCEPT, &ok);
+    CHECK(ok && event.callId == callId, "the new bob gets CALL_ACCEPT of " + event.callId);
+    CHECK(mediaBothWays(*alice, *newBob, 3, 400), "media flows after the resume");
+    newBob->endCall(callId);
+    Event aliceEnd = alice->waitFor(MSG_CALL_END, &ok);
+    CHECK(ok && aliceEnd.callId == callId, "alice's first message after the resume is CALL_END");
+    return true;
+}
+
 bool scenarioTextFile()
 {
     Client alice = online(QString::fromUtf8("\xF0\x9F\x98\x80" "alice"), false), bob = online("bob", false);
@@ -241,6 +265,7 @@ int runScenario(const QString &name, const QString &host, quint16 port)
         {"busy", scenarioBusy},
         {"cancel", scenarioCancel},
         {"disconnect", scenarioDisconnect},
+        {"resume", scenarioResume},
         {"text_file", scenarioTextFile},
         {"framed_media", scenarioFramedMedia},
     };

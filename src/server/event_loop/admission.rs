@@ -1,9 +1,10 @@
 //! Accepting connections: the connection limits (total, per address,
-//! unregistered), refusals logged at most once a second, the reserve
+//! unregistered), refusals logged within the log budget, the reserve
 //! descriptor for running out of file descriptors, and inserting accepted
 //! sockets after the event batch.
 
 use super::*;
+use crate::server::transport::Tuning;
 
 impl Server {
     pub(super) fn accept_all(&mut self) {
@@ -40,7 +41,11 @@ impl Server {
                     }
                 }
                 Err(error) => {
-                    warn!("accept failed: {error}; retrying in {ACCEPT_RETRY:?}");
+                    let level = self.budgeted("accept_failed", log::Level::Warn);
+                    log!(
+                        level,
+                        "accept failed: {error}; retrying in {ACCEPT_RETRY:?}"
+                    );
                     self.timers
                         .arm(self.now + ACCEPT_RETRY, TimerKey::AcceptRetry);
                     return;
@@ -65,32 +70,25 @@ impl Server {
         }
     }
 
-    /// Closes a just-accepted connection; logs refusals at most once a second.
+    /// Closes a just-accepted connection; the log line is within the log
+    /// budget (beyond it, refusals are counted by reason and summed up).
     pub(super) fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, reason: &'static str) {
         drop(stream);
         self.counters.connections_refused += 1;
-        let refusals = &mut self.refusals;
-        refusals.since_log += 1;
-        refusals.last_reason = reason;
-        if refusals
-            .last_log
-            .is_none_or(|at| self.now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
-        {
-            warn!(
-                "refused {} connection(s) in the last second, the latest from {addr}: {reason}",
-                refusals.since_log
-            );
-            refusals.since_log = 0;
-            refusals.last_log = Some(self.now);
-        }
+        let level = self.budgeted(reason, log::Level::Warn);
+        log!(level, "refused a connection from {addr}: {reason}");
     }
 
     pub(super) fn insert_accepted(&mut self) {
+        let tuning = Tuning {
+            user_timeout: self.config.timeouts.idle,
+            send_lowat: u32::try_from(self.config.send_lowat).unwrap_or(u32::MAX),
+        };
         for (stream, addr) in std::mem::take(&mut self.accepted) {
-            if let Err(error) = stream.set_nodelay(true) {
-                debug!("{addr}: TCP_NODELAY failed: {error}");
+            let (mut transport, failures) = Transport::plain(stream, &tuning);
+            for (option, error) in failures {
+                debug!("{addr}: {option} failed: {error}");
             }
-            let mut transport = Transport::Plain(stream);
             let entry = self.conns.vacant_entry();
             self.next_generation = self.next_generation.wrapping_add(1);
             let Ok(slot) = u32::try_from(entry.key()) else {
@@ -113,7 +111,10 @@ impl Server {
             }
             entry.insert(Connection::new(id, transport, addr, self.now));
             self.counters.connections_accepted += 1;
-            info!("{id} connected from {addr}");
+            // Connections that never register are logged at debug level
+            // only (PROTOCOL.md 8.5): the line that counts is the
+            // registration's.
+            debug!("{id} connected from {addr}");
             self.timers.arm(
                 self.now + self.config.timeouts.register,
                 TimerKey::Liveness(id),

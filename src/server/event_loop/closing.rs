@@ -9,8 +9,15 @@ use crate::server::pipe::state::Inbound;
 impl Server {
     pub(super) fn protocol_error(&mut self, id: ConnId, error: ProtocolError) {
         self.counters.protocol_error(error.code);
+        let registered = self.conn(id).is_some_and(|c| c.life == Life::Registered);
+        let level = if registered {
+            self.budgeted(error.code.as_str(), log::Level::Warn)
+        } else {
+            log::Level::Debug
+        };
         if let Some(conn) = self.conn(id) {
-            warn!(
+            log!(
+                level,
                 "{id} ({}, {}) protocol error: {error}",
                 conn.addr,
                 String::from_utf8_lossy(&conn.user_id)
@@ -33,16 +40,23 @@ impl Server {
     /// closes, or at the linger deadline).
     pub(super) fn begin_close(&mut self, id: ConnId, reason: CloseReason) {
         let (now, deadline) = (self.now, self.now + self.config.timeouts.linger);
+        let Some(conn) = self.conn(id).filter(|c| !c.is_closing()) else {
+            return;
+        };
+        let level = match (conn.life, &reason) {
+            (Life::AwaitingRegistration, _) => log::Level::Debug,
+            (_, CloseReason::PeerClosed) => self.budgeted("closed_by_peer", log::Level::Info),
+            (_, CloseReason::Error(code, _)) => self.budgeted(code.as_str(), log::Level::Info),
+        };
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.is_closing() {
-            return;
-        }
         let user = String::from_utf8_lossy(&conn.user_id).into_owned();
         match &reason {
-            CloseReason::PeerClosed => info!("{id} ({user}) closed by peer"),
-            CloseReason::Error(code, detail) => info!("{id} ({user}) closed: {code} ({detail})"),
+            CloseReason::PeerClosed => log!(level, "{id} ({user}) closed by peer"),
+            CloseReason::Error(code, detail) => {
+                log!(level, "{id} ({user}) closed: {code} ({detail})")
+            }
         }
         // An ERROR written while another sender's frame is being written
         // into this connection would land inside that frame; the frames
@@ -81,7 +95,8 @@ impl Server {
         if let Some((dest, remaining)) = cut_short {
             self.pad_frame(id, dest, remaining);
         }
-        self.relay.leave(id, &mut self.actions);
+        self.relay
+            .leave(id, reason.departure(), self.now, &mut self.actions);
         let _ = self.apply_actions();
         self.wake(id, Wake::All);
         self.timers.arm(deadline, TimerKey::Linger(id));

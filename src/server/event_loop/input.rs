@@ -55,7 +55,7 @@ impl Server {
                 break;
             }
             match conn.read_some(pool, max_input) {
-                ReadOutcome::Read(_) => conn.last_input = now,
+                ReadOutcome::Read(_) => conn.last_progress = now,
                 ReadOutcome::WouldBlock => return,
                 ReadOutcome::Closed => {}
                 ReadOutcome::Error => debug!("{id}: socket error on read"),
@@ -137,7 +137,7 @@ impl Server {
             Parsed::Frame {
                 frame: ClientFrame::Register { user, .. },
                 ..
-            } => match relay.register(id, user, actions) {
+            } => match relay.register(id, user, *now, actions) {
                 Ok(()) => {
                     conn.user_id = user.into();
                     conn.life = Life::Registered;
@@ -220,6 +220,15 @@ impl Server {
     /// liveness deadline follows the idle timeout from now on.
     fn registered(&mut self, id: ConnId) {
         self.unregistered -= 1;
+        let level = self.budgeted("registered", log::Level::Info);
+        if let Some(conn) = self.conn(id) {
+            log!(
+                level,
+                "{id} ({}) registered as {}",
+                conn.addr,
+                String::from_utf8_lossy(&conn.user_id)
+            );
+        }
         // The liveness deadline armed at accept checks idleness from then
         // on; only an idle timeout shorter than the registration timeout
         // needs an earlier check.

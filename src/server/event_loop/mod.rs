@@ -30,7 +30,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, info, log, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -40,6 +40,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use super::buffer::BufferPool;
 use super::connection::{Connection, Life, MediaLink, ReadOutcome, ReadSide, WriteEnd};
+use super::log_budget::{self, LogBudget};
 use super::metrics_http::{self, MetricsConn, Progress as HttpProgress, Request};
 use super::pipe::Step;
 use super::pipe::state::PausedAt;
@@ -51,7 +52,7 @@ use crate::metrics::{self, Counters, Snapshot};
 use crate::protocol::frame::{ClientFrame, ServerFrame, encode_server};
 use crate::protocol::parser::{ParseContext, Parsed, ProtocolError};
 use crate::protocol::{ErrorCode, Framing};
-use crate::relay::{Action, Relay, RelayTimer};
+use crate::relay::{Action, Departure, Relay, RelayTimer};
 
 /// The listener's token; connection tokens are slab slots.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -63,8 +64,6 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const METRICS_BASE: usize = usize::MAX / 2;
 /// A metrics client must be done within this.
 const METRICS_DEADLINE: Duration = Duration::from_secs(10);
-/// Refused connections are logged at most this often.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 /// Size of the read buffers lent to connections with input.
 const READ_BUFFER_SIZE: usize = 64 * 1024;
 /// Free read buffers kept for reuse.
@@ -90,6 +89,8 @@ pub(super) enum TimerKey {
     Stats,
     /// The graceful shutdown's deadline (wakes the loop).
     ShutdownDeadline,
+    /// Time to sum up the log lines the budget held back.
+    LogSummary,
     /// The stall window (opened at the instant given) of frames held for
     /// this connection ends.
     Stall(ConnId, Instant),
@@ -104,6 +105,18 @@ pub(super) enum CloseReason {
     PeerClosed,
     /// We close it with an ERROR frame.
     Error(ErrorCode, String),
+}
+
+impl CloseReason {
+    /// What the close means for the connection's call (PROTOCOL.md 8.3):
+    /// a connection lost (closed by its peer, failed, or timed out) leaves
+    /// its call waiting for it; one closed for cause ends it.
+    fn departure(&self) -> Departure {
+        match self {
+            CloseReason::PeerClosed | CloseReason::Error(ErrorCode::Timeout, _) => Departure::Lost,
+            CloseReason::Error(..) => Departure::Ended,
+        }
+    }
 }
 
 /// What to do after looking at a connection's input.
@@ -149,7 +162,9 @@ pub struct Server {
     /// descriptors, it is released to accept and close one connection, so
     /// the pending connection does not keep waking the loop.
     reserve_fd: Option<File>,
-    refusals: Refusals,
+    /// Lines per second for what a flood of bad connections produces
+    /// (PROTOCOL.md 8.5).
+    pub(super) log_budget: LogBudget,
 }
 
 /// Whether the server runs or is shutting down.
@@ -176,14 +191,6 @@ pub enum Exit {
     Forced,
 }
 
-/// Connections refused since the last log line about them.
-#[derive(Default)]
-struct Refusals {
-    since_log: u64,
-    last_reason: &'static str,
-    last_log: Option<Instant>,
-}
-
 impl Server {
     /// Binds the listener and prepares the loop.
     pub fn bind(config: Config) -> io::Result<Server> {
@@ -203,6 +210,10 @@ impl Server {
             None => None,
         };
         let mut timers = Timers::default();
+        timers.arm(
+            Instant::now() + log_budget::SUMMARY_INTERVAL,
+            TimerKey::LogSummary,
+        );
         if !config.timeouts.stats_interval.is_zero() {
             timers.arm(
                 Instant::now() + config.timeouts.stats_interval,
@@ -214,7 +225,11 @@ impl Server {
             events: Events::with_capacity(1024),
             listener,
             local_addr,
-            relay: Relay::new(config.timeouts.ring, config.limits.max_user_id),
+            relay: Relay::new(
+                config.timeouts.ring,
+                config.timeouts.resume_window,
+                config.limits.max_user_id,
+            ),
             config,
             conns: Slab::new(),
             next_generation: 0,
@@ -237,7 +252,7 @@ impl Server {
             per_ip: HashMap::new(),
             unregistered: 0,
             reserve_fd: File::open("/dev/null").ok(),
-            refusals: Refusals::default(),
+            log_budget: LogBudget::new(log_budget::LINES_PER_SECOND),
         })
     }
 
@@ -378,6 +393,16 @@ impl Server {
         {
             conn.queued_dirty = true;
             self.dirty.push(id);
+        }
+    }
+
+    /// The level for a line about a connection event of kind `code`:
+    /// `level` while the log budget allows, else debug (and counted).
+    pub(super) fn budgeted(&mut self, code: &'static str, level: log::Level) -> log::Level {
+        if self.log_budget.allow(self.now, code) {
+            level
+        } else {
+            log::Level::Debug
         }
     }
 

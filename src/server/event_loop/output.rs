@@ -23,12 +23,14 @@ impl Server {
     /// Flushes every connection that output was added to or that became
     /// writable, and updates poll interests.
     pub(super) fn flush_dirty(&mut self) {
+        let now = self.now;
         while let Some(id) = self.dirty.pop() {
+            self.shed_late_media(id);
             let Some(conn) = self.conn_mut(id) else {
                 continue;
             };
             conn.queued_dirty = false;
-            if !conn.flush() && !conn.is_closing() {
+            if !conn.flush(now) && !conn.is_closing() {
                 self.begin_close(id, CloseReason::PeerClosed);
             }
             self.after_drain(id);
@@ -98,6 +100,11 @@ impl Server {
                 if let Some(conn) = self.conn_mut(conn) {
                     conn.link = Some(Box::new(MediaLink::new(peer, call_id, peer_user.as_str())));
                     conn.grace_until = None;
+                }
+            }
+            Action::Relink { conn, peer } => {
+                if let Some(link) = self.conn_mut(conn).and_then(|c| c.link.as_mut()) {
+                    link.peer = peer;
                 }
             }
             Action::Unlink { conn } => {

@@ -24,6 +24,19 @@ impl Server {
                 }
                 TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
+                TimerKey::LogSummary => {
+                    if let Some((total, by_code)) = self.log_budget.take_summary() {
+                        warn!(
+                            "{total} log line(s) held back in the last {:?} (over {} a second): {by_code}",
+                            log_budget::SUMMARY_INTERVAL,
+                            log_budget::LINES_PER_SECOND
+                        );
+                    }
+                    self.timers.arm(
+                        self.now + log_budget::SUMMARY_INTERVAL,
+                        TimerKey::LogSummary,
+                    );
+                }
                 TimerKey::Stall(to, armed) => self.on_stall_timer(to, armed),
                 TimerKey::Metrics(key) => {
                     if self
@@ -61,7 +74,10 @@ impl Server {
         let alive = |id: &ConnId| conns.get(id.index()).is_some_and(|conn| conn.id == *id);
         self.timers.retain(|key| match key {
             TimerKey::Liveness(id) | TimerKey::Linger(id) => alive(id),
-            TimerKey::AcceptRetry | TimerKey::Stats | TimerKey::ShutdownDeadline => true,
+            TimerKey::AcceptRetry
+            | TimerKey::Stats
+            | TimerKey::ShutdownDeadline
+            | TimerKey::LogSummary => true,
             TimerKey::Metrics(_) => true,
             TimerKey::Stall(to, _) => alive(to),
             TimerKey::Relay(timer) => relay.timer_is_live(timer),
@@ -78,10 +94,10 @@ impl Server {
         let deadline = if conn.outbound.paused_on().is_some() {
             self.now + idle
         } else {
-            conn.last_input + idle
+            conn.last_progress + idle
         };
         if self.now >= deadline {
-            let detail = format!("no input for {idle:?}");
+            let detail = format!("neither sent nor took a byte for {idle:?}");
             self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
         } else {
             self.timers.arm(deadline, TimerKey::Liveness(id));

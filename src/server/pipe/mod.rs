@@ -19,7 +19,7 @@ pub mod state;
 
 use std::ops::Range;
 
-use log::{debug, warn};
+use log::{debug, log};
 
 use super::buffer::{PieceKind, PieceMeta};
 use super::connection::{Connection, ReadSide};
@@ -35,7 +35,7 @@ use decide::{
     Decision, DropWhy, Piece, Placement, StallVerdict, Wake, decide, padding_chunk, placement,
     stall_verdict,
 };
-use state::{Inbound, Outbound, PausedAt, StallWindow};
+use state::{CutShort, Inbound, Outbound, PausedAt, StallWindow};
 
 /// Zeros written at a time when padding a frame whose sender vanished.
 const PAD_CHUNK: usize = 16 * 1024;
@@ -77,7 +77,7 @@ impl Server {
 
     /// The receiver of `id`'s media, if it is in an accepted call.
     fn media_peer(&self, id: ConnId) -> Option<ConnId> {
-        self.conn(id)?.link.as_ref().map(|link| link.peer)
+        self.conn(id)?.link.as_ref()?.peer
     }
 
     /// True when `id`'s length-prefixed media may pass to its peer in runs.
@@ -139,10 +139,13 @@ impl Server {
             return Step::Done;
         };
         let is_seed = conn.framing() == Some(crate::protocol::Framing::Seed);
-        let peer = conn.link.as_mut().map(|link| {
+        let link = conn.link.as_mut().map(|link| {
             link.media_mode |= is_seed;
             link.peer
         });
+        // In a call whose other party is detached: dropped, and counted so.
+        let detached = matches!(link, Some(None));
+        let peer = link.flatten();
         if is_seed && payload_len == 0 {
             // A seed `6` that arrived alone: its payload comes in the next
             // read as a continuation. Relaying an empty frame would only
@@ -193,12 +196,13 @@ impl Server {
             (decision, _, _) => {
                 match decision {
                     Decision::Drop(DropWhy::SoftLimit) => self.counters.media_dropped_overflow += 1,
+                    _ if detached => self.counters.media_dropped_detached += 1,
                     _ => self.counters.media_dropped_no_call += 1,
                 }
                 let rest = if complete {
                     Outbound::Idle
                 } else {
-                    Outbound::Discard
+                    Outbound::Discard { cut_short: None }
                 };
                 self.set_outbound(id, rest);
                 Step::Done
@@ -247,7 +251,7 @@ impl Server {
     fn file_undeliverable(&mut self, id: ConnId, data: ByteArrayLen) -> Step {
         self.relay.note_file(false);
         if data.len > 0 {
-            self.set_outbound(id, Outbound::Discard);
+            self.set_outbound(id, Outbound::Discard { cut_short: None });
         }
         self.actions.push(crate::relay::Action::Notify {
             to: id,
@@ -263,8 +267,8 @@ impl Server {
         let Some(conn) = self.conn(id) else {
             return Step::Done;
         };
-        let target = conn.outbound.body_to();
-        if let Some(to) = target {
+        let (outbound, remaining) = (conn.outbound, conn.parser.body_remaining());
+        if let Some(to) = outbound.body_to() {
             let view = self.receiver_view(to);
             match decide(
                 Piece::BodyRest { kind },
@@ -273,33 +277,66 @@ impl Server {
                 self.soft_limit(),
             ) {
                 Decision::Wait => {
+                    let sent = outbound.sent();
                     return Step::Wait {
                         on: to,
-                        at: PausedAt::FileBody,
+                        at: PausedAt::FileBody { sent },
                     };
                 }
                 Decision::Forward | Decision::Hold => {
-                    let kind = match kind {
+                    let piece_kind = match kind {
                         BodyKind::Media => PieceKind::Media,
                         BodyKind::File => PieceKind::Reliable,
                     };
-                    let _ = self.write_piece(Some(id), to, &[], 0..len, kind, false);
+                    let _ = self.write_piece(Some(id), to, &[], 0..len, piece_kind, false);
+                    let sent = outbound.sent() + len as u64;
+                    self.set_outbound(id, Outbound::Body { to, kind, sent });
                 }
                 Decision::Drop(_) => {
+                    let cut_short = (kind == BodyKind::File).then(|| CutShort {
+                        delivered: outbound.sent(),
+                        total: outbound.sent() + remaining,
+                    });
                     debug!("{id}: receiver {to} of the body in progress is gone: discarding");
-                    self.set_outbound(id, Outbound::Discard);
+                    self.set_outbound(id, Outbound::Discard { cut_short });
                 }
             }
         }
         if last {
+            if let Some(Outbound::Discard {
+                cut_short: Some(cut_short),
+            }) = self.conn(id).map(|c| c.outbound)
+            {
+                self.file_cut_short(id, cut_short);
+            }
             self.set_outbound(id, Outbound::Idle);
-            if let Some(to) = target
+            if let Some(to) = outbound.body_to()
                 && self.conn(to).and_then(|c| c.inbound.owner()) == Some(id)
             {
                 self.end_inbound(to);
             }
         }
         Step::Done
+    }
+
+    /// The whole of a FILE whose receiver went away has been read from its
+    /// sender: a length-prefixed sender is told how much arrived
+    /// (PROTOCOL.md 8.4); a seed sender cannot be told, so it is logged.
+    fn file_cut_short(&mut self, id: ConnId, cut_short: CutShort) {
+        let CutShort { delivered, total } = cut_short;
+        self.counters.files_cut_short += 1;
+        let level = self.budgeted("file_cut_short", log::Level::Info);
+        log!(
+            level,
+            "{id}: FILE receiver went away: {delivered} of {total} data bytes delivered"
+        );
+        self.actions.push(crate::relay::Action::Notify {
+            to: id,
+            code: ErrorCode::Offline,
+            detail: format!(
+                "the FILE's recipient went away: {delivered} of {total} data bytes delivered"
+            ),
+        });
     }
 
     /// Writes one piece for `to`: `header` (already in the receiver's
@@ -373,6 +410,9 @@ impl Server {
             Placement::Write if dst.output.is_empty() => {
                 let (written, result) = dst.transport.write(&parts);
                 counters.bytes_zero_copy += written as u64;
+                if written > 0 {
+                    dst.last_progress = meta.arrived;
+                }
                 if (written as u64) < total {
                     let header_left = header.get(written..).unwrap_or_default();
                     let body_left = body
@@ -436,7 +476,7 @@ impl Server {
 
     /// `from`'s body in progress goes to `to`, cut through.
     fn begin_body(&mut self, from: ConnId, to: ConnId, kind: BodyKind) {
-        self.set_outbound(from, Outbound::Body { to, kind });
+        self.set_outbound(from, Outbound::Body { to, kind, sent: 0 });
         self.start_inbound(to, from);
     }
 
@@ -504,7 +544,8 @@ impl Server {
             }
             StallVerdict::CloseOwner => {
                 let detail = format!("a frame to {to} stalled while other frames for it waited");
-                warn!("{owner}: {detail}");
+                let level = self.budgeted("stalled", log::Level::Warn);
+                log!(level, "{owner}: {detail}");
                 self.closing_queue
                     .push((owner, CloseReason::Error(ErrorCode::Timeout, detail)));
             }
@@ -550,6 +591,30 @@ impl Server {
         }
     }
 
+    /// Drops the media frames queued for `id` that have waited longer than
+    /// `--media-max-delay` (PROTOCOL.md 8.2), before its queue is written.
+    pub(crate) fn shed_late_media(&mut self, id: ConnId) {
+        let max_delay = self.config.timeouts.media_max_delay;
+        let Some(cutoff) = self
+            .now
+            .checked_sub(max_delay)
+            .filter(|_| !max_delay.is_zero())
+        else {
+            return;
+        };
+        let Some(conn) = self.conn_mut(id).filter(|c| !c.output.is_empty()) else {
+            return;
+        };
+        // A frame still being cut through into it is the queue's last one:
+        // its rest is on its way, so it is finished whatever its age.
+        let keep_last = !matches!(conn.inbound, Inbound::Idle);
+        let dropped = conn.output.drop_late_media(cutoff, keep_last);
+        if dropped > 0 {
+            self.counters.media_dropped_late += dropped;
+            debug!("{id}: dropped {dropped} late media frame(s)");
+        }
+    }
+
     /// `dest` drained some output: wake whoever may go on, and write owed
     /// padding.
     pub(crate) fn after_drain(&mut self, dest: ConnId) {
@@ -570,13 +635,17 @@ impl Server {
     /// (`remaining` bytes short): the frame is completed with zeros, so the
     /// receiver's stream stays parseable.
     pub(crate) fn pad_frame(&mut self, from: ConnId, dest: ConnId, remaining: u64) {
+        if self.conn(dest).and_then(|d| d.inbound.owner()) != Some(from) {
+            return;
+        }
+        let level = self.budgeted("padded", log::Level::Warn);
+        log!(
+            level,
+            "{from} left mid-frame: padding {remaining} bytes to {dest}"
+        );
         let Some(dst) = self.conn_mut(dest) else {
             return;
         };
-        if dst.inbound.owner() != Some(from) {
-            return;
-        }
-        warn!("{from} left mid-frame: padding {remaining} bytes to {dest}");
         let held = match std::mem::take(&mut dst.inbound) {
             Inbound::CutThrough(cut) => cut.held,
             _ => Default::default(),

@@ -13,7 +13,7 @@ use crate::server::buffer::WriteQueue;
 /// What this connection's input is doing to another connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Outbound {
-    /// At a frame boundary, or in a body with nowhere to go (discarded).
+    /// At a frame boundary.
     #[default]
     Idle,
     /// The body in progress (FILE data or a media payload) is cut through
@@ -23,10 +23,16 @@ pub enum Outbound {
         to: ConnId,
         /// FILE or media.
         kind: BodyKind,
+        /// Body bytes forwarded so far.
+        sent: u64,
     },
     /// The body in progress is read and dropped (its receiver is gone, or
     /// the media frame was dropped at its start).
-    Discard,
+    Discard {
+        /// A FILE whose receiver went away mid-frame: its sender is told
+        /// how much arrived once the rest is read (PROTOCOL.md 8.4).
+        cut_short: Option<CutShort>,
+    },
     /// Input is not read until `on` can take more.
     Paused {
         /// The receiver this sender waits for.
@@ -42,7 +48,19 @@ pub enum PausedAt {
     /// At a frame boundary: the next frame is peeked again on waking.
     FrameStart,
     /// Inside a FILE body to the receiver it waits on.
-    FileBody,
+    FileBody {
+        /// Body bytes forwarded before the pause.
+        sent: u64,
+    },
+}
+
+/// A FILE frame whose receiver went away before all of it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutShort {
+    /// Data bytes the receiver was given.
+    pub delivered: u64,
+    /// Data bytes of the frame.
+    pub total: u64,
 }
 
 impl Outbound {
@@ -60,9 +78,21 @@ impl Outbound {
             Outbound::Body { to, .. } => Some(to),
             Outbound::Paused {
                 on,
-                at: PausedAt::FileBody,
+                at: PausedAt::FileBody { .. },
             } => Some(on),
             _ => None,
+        }
+    }
+
+    /// Body bytes forwarded so far (0 outside a forwarded body).
+    pub fn sent(&self) -> u64 {
+        match *self {
+            Outbound::Body { sent, .. }
+            | Outbound::Paused {
+                at: PausedAt::FileBody { sent },
+                ..
+            } => sent,
+            _ => 0,
         }
     }
 
@@ -71,10 +101,11 @@ impl Outbound {
         match self {
             Outbound::Paused {
                 on,
-                at: PausedAt::FileBody,
+                at: PausedAt::FileBody { sent },
             } => Outbound::Body {
                 to: on,
                 kind: BodyKind::File,
+                sent,
             },
             Outbound::Paused {
                 at: PausedAt::FrameStart,
