@@ -49,13 +49,17 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	@if grep -rn "mio" src/protocol src/relay; then echo "protocol/ and relay/ must not depend on mio"; exit 1; fi
 
-# Fuzz the parser and the parser+relay session for FUZZ_SECONDS each (default 600), with cargo-fuzz
-# (installed when missing; RUSTC_BOOTSTRAP lets the stable toolchain take libFuzzer's sanitizer flags).
+# Fuzz for FUZZ_SECONDS each (default 600), with cargo-fuzz (installed when missing; RUSTC_BOOTSTRAP
+# lets the stable toolchain take libFuzzer's sanitizer flags): the parser (peek/commit, media runs),
+# the pipe's pure decisions, and the real server's event loop driven over loopback sockets.
 FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= parser pipe session
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
-	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz parser -- -max_total_time=$(FUZZ_SECONDS)
-	RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz session -- -max_total_time=$(FUZZ_SECONDS)
+	for target in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tests/fuzz $$target tests/fuzz/corpus/$$target \
+	    -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 # Soak: the load tool's mixed scenario against a fresh release relay for SOAK_SECONDS (default 600);
 # reports errors, RSS over time, and whether connections, calls and users returned to zero.
