@@ -240,6 +240,28 @@ def verdict(passed, text):
 
 # ---------------------------------------------------------------- the report
 
+def get_slice(entry, key):
+    """A latency percentile (µs) of one slice object of a media run."""
+    value = entry.get("latency_us", {}).get(key)
+    return value if isinstance(value, (int, float)) else float("nan")
+
+
+def slice_p99s(run):
+    """p99 one-way delay (ms) of each full 5 s slice of a media run with slices (the last, partial
+    slice of the drain is left out)."""
+    if run is None or run["result"] is None:
+        return []
+    slices = [entry for entry in run["result"].get("slices", []) if entry.get("frames")]
+    full = [entry for entry in slices if entry.get("start_s", 0) + 5 <= 20.001]
+    return [get_slice(entry, "p99") / 1000.0 for entry in full]
+
+
+def notsent(ss_text):
+    """The largest `notsent:` figure in `ss -tmi` output ("0" if none shown)."""
+    figures = [int(part.split(":", 1)[1]) for part in ss_text.split() if part.startswith("notsent:")]
+    return str(max(figures)) if figures else "0"
+
+
 def build(machine, runs, order, out_dir):
     lines = []
     add = lines.append
@@ -345,6 +367,16 @@ def build(machine, runs, order, out_dir):
         idle.all_ok and per_conn is not None and per_conn <= 1024 and held == requested,
         f"(c) idle: {fmt(per_conn, 0)} bytes of relay RSS per connection at 15 000 connections ≤ 1024 "
         f"({fmt(held)} of {fmt(requested)} held)" + problem(idle)))
+    relay_slices = slice_p99s(runs.get("slow-relay"))
+    pipe_slices = slice_p99s(runs.get("slow-pipe"))
+    bounded = (len(relay_slices) >= 2 and relay_slices[-1] < 1500
+               and relay_slices[-1] <= relay_slices[0] + 300)
+    checks.append(verdict(
+        bounded,
+        f"(d) slow receiver (1200 B x 100/s, reader 60 KB/s, SO_RCVBUF 4096, 20 s): relay p99 one-way delay of "
+        f"the last 5 s {fmt(relay_slices[-1] if relay_slices else None, 0)} ms < 1500 and not growing "
+        f"(per slice: {' / '.join(fmt(v, 0) for v in relay_slices) or '-'} ms); HAProxy per slice: "
+        f"{' / '.join(fmt(v, 0) for v in pipe_slices) or '-'} ms"))
     lines.extend(checks)
     add("")
 
@@ -413,6 +445,24 @@ def build(machine, runs, order, out_dir):
     add("")
     add(table(MEDIA_HEADER, [media_row("10 pairs, 64 KiB", target, group(FLOOD_64K, target),
                                        3 if target != "direct" else 0) for target in TARGETS]))
+    add("")
+
+    add("## Slow receiver: bounded media delay (PROTOCOL.md 8.2)")
+    add("")
+    add("1200 B frames at 100 frames/s (120 KB/s) to a receiver that reads 60 KB/s through a 4 KiB "
+        "`SO_RCVBUF`, 20 s, one run each. p99 one-way delay of the frames that arrived in each 5 s slice; "
+        "*notsent* is what `ss -tmi` showed 10 s in on the socket towards the receiver (the relay's, or "
+        "HAProxy's to the sink): the backlog the kernel holds, out of the relay's sight.")
+    add("")
+    slow_rows = []
+    for target, label in (("relay", "relay"), ("pipe", "HAProxy")):
+        run = runs.get(f"slow-{target}")
+        slices = (run["result"] or {}).get("slices", []) if run and run["result"] else []
+        p99s = " / ".join(fmt(get_slice(s, "p99") / 1000.0, 0) for s in slices if s.get("frames"))
+        slow_rows.append([label, fmt(get(run, "delivered_share"), 2), p99s or "-",
+                          notsent(read_text(out_dir, f"slow-{target}-ss.txt"))])
+    add(table(["server", "delivered share", "p99 delay per 5 s slice (ms)", "notsent at 10 s (bytes)"],
+              slow_rows))
     add("")
 
     add("## Calls: set-up and tear-down rate, 10 pairs (relay)")

@@ -337,6 +337,24 @@ media_set paced160-framed-p1000 "$REPEAT" media --pairs 1000 --size 160 --rate 5
 # 64 KiB frames flat out, 10 pairs: video-sized frames.
 media_set flood64k-framed-p10 1 media --pairs 10 --size 65536 --framing framed "${MEDIA[@]}"
 
+# A slow receiver (PROTOCOL.md 8.2): 1200 B at 100 frames/s to a receiver
+# that reads 60 KB/s through a 4 KiB receive buffer, 20 s, relay and
+# HAProxy side by side. Midway, `ss -tmi` records the kernel's unsent backlog
+# (notsent) on the socket towards the receiver: small for the relay
+# (TCP_NOTSENT_LOWAT), growing for the byte pipe.
+SLOW=(media --pairs 1 --size 1200 --rate 100 --rx-rate 60000 --rcvbuf 4096 --slice 5
+    --duration 20 --warmup 1 --drain 5 --quiet --json)
+ss_midway() { # FILE FILTER: `ss -tmi` of the matching sockets 10 s from now, in the background
+    record "(sleep 10; ss -tmi state established '$2') > $1 &"
+    (sleep 10; ss -tmi state established "$2" >"$1" 2>&1) &
+}
+start_relay
+ss_midway "$OUT/slow-relay-ss.txt" "( sport = :$RELAY_PORT )"
+run_load slow-relay relay "${SLOW[@]}" --target relay --addr "127.0.0.1:$RELAY_PORT"
+ss_midway "$OUT/slow-pipe-ss.txt" "( dport = :$SINK_PORT )"
+run_load slow-pipe haproxy "${SLOW[@]}" "${PIPE[@]}"
+wait
+
 # Call set-up and tear-down rate.
 start_relay
 run_load "calls-framed-p10-relay" relay calls --pairs 10 --addr "127.0.0.1:$RELAY_PORT" "${COMMON[@]}"

@@ -601,6 +601,20 @@ fn idle_counts_connections_never_established_as_errors() {
     assert_eq!(num(json, "errors"), 5.0, "{run}");
 }
 
+// A slow receiver (`--rx-rate`, `--rcvbuf`): the relay delivers about half
+// of a 120 KB/s stream to a 60 KB/s reader, and the run reports the share
+// and the latency per slice.
+#[test]
+fn media_with_a_slow_receiver_reports_the_share_and_the_delay_per_slice() {
+    let json = json_from_a_new_relay(
+        "media --size 1200 --rate 100 --rx-rate 60000 --rcvbuf 4096 --slice 1 --duration 3 --warmup 0.5",
+    );
+    let share = num(&json, "delivered_share");
+    assert!((0.25..0.8).contains(&share), "delivered share {share}: {json}");
+    assert!(json.contains("\"slices\":[{\"start_s\":0"), "{json}");
+    assert_eq!(num(&json, "errors"), 0.0, "{json}");
+}
+
 #[test]
 fn help_exits_0_and_names_every_option() {
     for flag in ["--help", "-h"] {
@@ -619,6 +633,9 @@ fn help_exits_0_and_names_every_option() {
             "--rate",
             "--both",
             "--window",
+            "--rx-rate",
+            "--rcvbuf",
+            "--slice",
             "--metrics",
             "--framing",
             "--target",

@@ -185,6 +185,24 @@ fn options() -> Options {
         "BYTES",
     );
     opts.optopt(
+        "",
+        "rx-rate",
+        "media: receivers read at most this many bytes per second (a slow link; default: as fast as they can)",
+        "BYTES_PER_S",
+    );
+    opts.optopt(
+        "",
+        "rcvbuf",
+        "media: SO_RCVBUF of the receiving sockets (default: the kernel's)",
+        "BYTES",
+    );
+    opts.optopt(
+        "",
+        "slice",
+        "media: report the one-way latency per slice of this many seconds too (default 5)",
+        "SECS",
+    );
+    opts.optopt(
         "f",
         "framing",
         "seed or framed (default framed; idle: seed)",
@@ -375,6 +393,15 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
                     .map(|text| parse_addr(&text, "sink"))
                     .transpose()?,
                 window: parse_number(&matches, "window", 256 * 1024usize, 1, 1 << 30)?,
+                rx_rate: matches
+                    .opt_present("rx-rate")
+                    .then(|| parse_number(&matches, "rx-rate", 0.0f64, 1.0, 1e10))
+                    .transpose()?,
+                rcvbuf: matches
+                    .opt_present("rcvbuf")
+                    .then(|| parse_number(&matches, "rcvbuf", 0usize, 256, 1 << 30))
+                    .transpose()?,
+                slice: parse_secs(&matches, "slice", 5.0)?,
             };
             media::run(&common, &options).map_err(failed)?
         }

@@ -5,7 +5,13 @@
 //! Set-up is blocking (register, call, accept); the measured run is one mio
 //! loop. Frames whose send time falls in the window [warmup, warmup +
 //! duration) are counted: sent, delivered (after a drain period), lost,
-//! out of order, and their one-way latency.
+//! out of order, and their one-way latency, overall and per time slice of
+//! arrival.
+//!
+//! A slow receiver (`--rx-rate`, `--rcvbuf`) reads at most that many bytes
+//! a second through a receive buffer that small, like a client on a slow
+//! link: the per-slice latency then shows whether the delay a server adds is
+//! bounded or grows (PROTOCOL.md 8.2).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -70,6 +76,61 @@ pub struct MediaOptions {
     /// yet received). End-to-end flow control, like TCP's through a byte
     /// pipe, so a flood measures throughput rather than the relay's drops.
     pub window: usize,
+    /// Receivers read at most this many bytes per second (slow link).
+    pub rx_rate: Option<f64>,
+    /// `SO_RCVBUF` of the receiving sockets.
+    pub rcvbuf: Option<usize>,
+    /// Length of the time slices the latency is also reported by.
+    pub slice: Duration,
+}
+
+/// A receiver's read budget: `rate` bytes a second, in buckets of a tenth
+/// of a second.
+struct Throttle {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+    /// A wake-up to read again is already scheduled.
+    scheduled: bool,
+}
+
+impl Throttle {
+    fn new(rate: f64, now: Instant) -> Throttle {
+        Throttle {
+            rate,
+            tokens: 0.0,
+            last: now,
+            scheduled: false,
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        (self.rate / 10.0).max(1.0)
+    }
+
+    /// The least a read takes: a packet's worth, or the whole bucket if that
+    /// is smaller (no reads of a few bytes at a time).
+    fn chunk(&self) -> f64 {
+        self.capacity().min(1500.0)
+    }
+
+    /// Bytes that may be read now.
+    fn allowance(&mut self, now: Instant) -> usize {
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.capacity());
+        self.last = now;
+        self.tokens as usize
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
+
+    /// When there is a chunk's worth of allowance again.
+    fn next_read(&self) -> Instant {
+        let missing = (self.chunk() - self.tokens).max(1.0);
+        self.last + Duration::from_secs_f64(missing / self.rate)
+    }
 }
 
 /// A sending stream.
@@ -94,6 +155,7 @@ struct Endpoint {
     stream: TcpStream,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
+    throttle: Option<Throttle>,
     closed: bool,
 }
 
@@ -105,6 +167,8 @@ struct Tally {
     out_of_order: u64,
     errors: u64,
     latency: Histogram<u64>,
+    /// Latency of the frames that arrived in each slice of the window.
+    slices: Vec<(u64, Histogram<u64>)>,
 }
 
 /// The measurement window, in send stamps.
@@ -130,10 +194,20 @@ fn pair_sessions(
     prefix: &str,
     index: usize,
 ) -> io::Result<(TcpStreamPair, Vec<u8>, Vec<u8>)> {
-    let mut caller =
-        Session::register(common.addr, options.framing, &format!("{prefix}-{index}a"))?;
-    let mut callee =
-        Session::register(common.addr, options.framing, &format!("{prefix}-{index}b"))?;
+    // The caller receives too when streams go both ways.
+    let caller_rcvbuf = options.rcvbuf.filter(|_| options.both);
+    let mut caller = Session::register_with_rcvbuf(
+        common.addr,
+        options.framing,
+        &format!("{prefix}-{index}a"),
+        caller_rcvbuf,
+    )?;
+    let mut callee = Session::register_with_rcvbuf(
+        common.addr,
+        options.framing,
+        &format!("{prefix}-{index}b"),
+        options.rcvbuf,
+    )?;
     session::accepted_call(&mut caller, &mut callee)?;
     let (left_a, left_b) = (caller.take_input(), callee.take_input());
     Ok(((caller.stream, callee.stream), left_a, left_b))
@@ -165,6 +239,10 @@ fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpS
                 })?,
             };
             let listener = TcpListener::bind(listen)?;
+            if let Some(rcvbuf) = options.rcvbuf {
+                // Accepted sockets inherit it, window and all.
+                socket2::SockRef::from(&listener).set_recv_buffer_size(rcvbuf)?;
+            }
             let connect_to = match options.target {
                 Target::Direct => listener.local_addr()?,
                 _ => common.addr,
@@ -206,13 +284,19 @@ fn into_endpoint(
     stream: std::net::TcpStream,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
+    options: &MediaOptions,
 ) -> io::Result<Endpoint> {
     stream.set_nodelay(true)?;
     stream.set_nonblocking(true)?;
+    let throttle = options
+        .rx_rate
+        .filter(|_| receiver.is_some())
+        .map(|rate| Throttle::new(rate, Instant::now()));
     Ok(Endpoint {
         stream: TcpStream::from_std(stream),
         sender,
         receiver,
+        throttle,
         closed: false,
     })
 }
@@ -250,11 +334,17 @@ pub fn run(common: &Common, options: &MediaOptions) -> io::Result<Outcome> {
         let (a_id, b_id) = (2 * index as u32, 2 * index as u32 + 1);
         let b_sends = options.both.then(|| new_sender(b_id));
         let a_receives = options.both.then(|| new_receiver(options, b_id));
-        endpoints.push(into_endpoint(a, Some(new_sender(a_id)), a_receives)?);
+        endpoints.push(into_endpoint(
+            a,
+            Some(new_sender(a_id)),
+            a_receives,
+            options,
+        )?);
         endpoints.push(into_endpoint(
             b,
             b_sends,
             Some(new_receiver(options, a_id)),
+            options,
         )?);
     }
     let poll = Poll::new()?;
@@ -279,6 +369,8 @@ struct Run<'a> {
     due: BinaryHeap<Reverse<(Instant, usize)>>,
     interval: Option<Duration>,
     read_buffer: Vec<u8>,
+    /// Throttled receivers and when they may read again.
+    throttled: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 impl<'a> Run<'a> {
@@ -301,6 +393,7 @@ impl<'a> Run<'a> {
                 out_of_order: 0,
                 errors: 0,
                 latency: report::latency_histogram(),
+                slices: Vec::new(),
             },
             window: StampWindow {
                 start: u64::MAX,
@@ -310,6 +403,7 @@ impl<'a> Run<'a> {
             due: BinaryHeap::new(),
             interval,
             read_buffer: vec![0; 256 * 1024],
+            throttled: BinaryHeap::new(),
         }
     }
 
@@ -371,6 +465,9 @@ impl<'a> Run<'a> {
             if let Some(Reverse((at, _))) = self.due.peek().filter(|_| self.sending) {
                 timeout = timeout.min(*at);
             }
+            if let Some(Reverse((at, _))) = self.throttled.peek() {
+                timeout = timeout.min(*at);
+            }
             self.poll
                 .poll(&mut events, Some(timeout.saturating_duration_since(now)))?;
             for event in events.iter() {
@@ -385,6 +482,19 @@ impl<'a> Run<'a> {
                 }
             }
             for index in std::mem::take(&mut reread) {
+                if self.read(index) {
+                    reread.push(index);
+                }
+            }
+            let now = Instant::now();
+            while let Some(Reverse((at, index))) = self.throttled.peek().copied() {
+                if at > now {
+                    break;
+                }
+                self.throttled.pop();
+                if let Some(throttle) = self.endpoints[index].throttle.as_mut() {
+                    throttle.scheduled = false;
+                }
                 if self.read(index) {
                     reread.push(index);
                 }
@@ -560,7 +670,21 @@ impl<'a> Run<'a> {
             if endpoint.closed {
                 return false;
             }
-            let count = match endpoint.stream.read(&mut self.read_buffer) {
+            // A slow receiver reads only its allowance, then comes back on
+            // its own timer (no readiness event would bring it back).
+            let mut limit = self.read_buffer.len();
+            if let Some(throttle) = endpoint.throttle.as_mut() {
+                let allowance = throttle.allowance(Instant::now());
+                if (allowance as f64) < throttle.chunk() {
+                    if !throttle.scheduled {
+                        throttle.scheduled = true;
+                        self.throttled.push(Reverse((throttle.next_read(), index)));
+                    }
+                    return false;
+                }
+                limit = limit.min(allowance);
+            }
+            let count = match endpoint.stream.read(&mut self.read_buffer[..limit]) {
                 Ok(0) => {
                     endpoint.closed = true;
                     if self.sending {
@@ -577,7 +701,11 @@ impl<'a> Run<'a> {
                     return false;
                 }
             };
+            if let Some(throttle) = endpoint.throttle.as_mut() {
+                throttle.spend(count);
+            }
             let arrival = payload::now_stamp();
+            let slice_ns = self.options.slice.as_nanos().max(1) as u64;
             let (window, size) = (self.window, self.options.size as u64);
             let tally = &mut self.tally;
             let Some(receiver) = endpoint.receiver.as_mut() else {
@@ -601,9 +729,17 @@ impl<'a> Run<'a> {
                 if window.contains(frame.stamp) {
                     tally.delivered += 1;
                     tally.delivered_bytes += size;
-                    let _ = tally
-                        .latency
-                        .record(payload::elapsed_nanos(frame.stamp, arrival).max(1));
+                    let latency = payload::elapsed_nanos(frame.stamp, arrival).max(1);
+                    let _ = tally.latency.record(latency);
+                    let slice = payload::elapsed_nanos(window.start, arrival) / slice_ns;
+                    if slice < 1 << 20 {
+                        let slice = slice as usize;
+                        while tally.slices.len() <= slice {
+                            let start = tally.slices.len() as u64 * slice_ns;
+                            tally.slices.push((start, report::latency_histogram()));
+                        }
+                        let _ = tally.slices[slice].1.record(latency);
+                    }
                 }
             });
             if fed.is_err() {
@@ -656,6 +792,16 @@ impl<'a> Run<'a> {
                 report::mib_per_s(tally.delivered_bytes, seconds),
             )
             .obj("latency_us", &report::latency_json(&tally.latency))
+            .num(
+                "delivered_share",
+                if sent > 0 {
+                    tally.delivered as f64 / sent as f64
+                } else {
+                    f64::NAN
+                },
+            )
+            .num("slice_s", self.options.slice.as_secs_f64())
+            .arr("slices", &slice_json(&tally.slices))
             .num("errors", tally.errors as f64);
         if let Some(server) = server {
             let gib = tally.delivered_bytes as f64 / (1024.0 * 1024.0 * 1024.0);
@@ -714,6 +860,20 @@ impl<'a> Run<'a> {
             tally.errors,
             report::latency_line(&tally.latency),
         );
+        if self.options.rx_rate.is_some() || tally.slices.len() > 1 {
+            human.push_str(&format!(
+                "\ndelivered share {:.2}; one-way latency by arrival slice:",
+                tally.delivered as f64 / sent.max(1) as f64
+            ));
+            for (start, histogram) in &tally.slices {
+                human.push_str(&format!(
+                    "\n  {:>6.1} s: {} frames, {}",
+                    *start as f64 / 1e9,
+                    histogram.len(),
+                    report::latency_line(histogram)
+                ));
+            }
+        }
         if let Some(server) = server {
             let gib = tally.delivered_bytes as f64 / (1024.0 * 1024.0 * 1024.0);
             human.push_str(&format!(
@@ -730,4 +890,19 @@ impl<'a> Run<'a> {
             ok: tally.errors == 0 && sent > 0,
         }
     }
+}
+
+/// The per-slice latency as JSON objects (start of the slice from the
+/// window start, frames, percentiles in microseconds).
+fn slice_json(slices: &[(u64, Histogram<u64>)]) -> Vec<Json> {
+    slices
+        .iter()
+        .map(|(start, histogram)| {
+            let mut json = Json::default();
+            json.num("start_s", *start as f64 / 1e9)
+                .num("frames", histogram.len() as f64)
+                .obj("latency_us", &report::latency_json(histogram));
+            json
+        })
+        .collect()
 }

@@ -60,6 +60,16 @@ impl Json {
         self
     }
 
+    /// Adds an array of objects.
+    pub fn arr(&mut self, key: &str, values: &[Json]) -> &mut Json {
+        self.key(key);
+        self.text.push('[');
+        let items: Vec<String> = values.iter().map(Json::finish).collect();
+        self.text.push_str(&items.join(","));
+        self.text.push(']');
+        self
+    }
+
     fn key(&mut self, key: &str) {
         if !self.text.is_empty() {
             self.text.push(',');

@@ -36,7 +36,18 @@ impl Session {
     /// the registration (framed: a heartbeat answered; seed: a TEXT to
     /// itself comes back).
     pub fn register(addr: SocketAddr, framing: Framing, user: &str) -> io::Result<Session> {
-        let stream = TcpStream::connect_timeout(&addr, STEP_TIMEOUT)?;
+        Session::register_with_rcvbuf(addr, framing, user, None)
+    }
+
+    /// [`Session::register`], with `SO_RCVBUF` set before connecting (so
+    /// the window is small from the handshake on: a slow link's receiver).
+    pub fn register_with_rcvbuf(
+        addr: SocketAddr,
+        framing: Framing,
+        user: &str,
+        rcvbuf: Option<usize>,
+    ) -> io::Result<Session> {
+        let stream = connect(addr, rcvbuf)?;
         stream.set_nodelay(true)?;
         let mut session = Session {
             stream,
@@ -181,4 +192,19 @@ pub fn run_prefix() -> String {
         .map(|since| since.as_nanos())
         .unwrap_or(0);
     format!("load{:x}-{}", nanos % 0xFFFF_FFFF, std::process::id())
+}
+
+/// Connects within [`STEP_TIMEOUT`], with `SO_RCVBUF` set first if given.
+pub fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
+    let Some(rcvbuf) = rcvbuf else {
+        return TcpStream::connect_timeout(&addr, STEP_TIMEOUT);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_recv_buffer_size(rcvbuf)?;
+    socket.connect_timeout(&addr.into(), STEP_TIMEOUT)?;
+    Ok(socket.into())
 }
