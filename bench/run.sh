@@ -344,16 +344,18 @@ media_set flood64k-framed-p10 1 media --pairs 10 --size 65536 --framing framed "
 # (TCP_NOTSENT_LOWAT), growing for the byte pipe.
 SLOW=(media --pairs 1 --size 1200 --rate 100 --rx-rate 60000 --rcvbuf 4096 --slice 5
     --duration 20 --warmup 1 --drain 5 --quiet --json)
+SS_PIDS=()
 ss_midway() { # FILE FILTER: `ss -tmi` of the matching sockets 10 s from now, in the background
     record "(sleep 10; ss -tmi state established '$2') > $1 &"
     (sleep 10; ss -tmi state established "$2" >"$1" 2>&1) &
+    SS_PIDS+=($!)
 }
 start_relay
 ss_midway "$OUT/slow-relay-ss.txt" "( sport = :$RELAY_PORT )"
 run_load slow-relay relay "${SLOW[@]}" --target relay --addr "127.0.0.1:$RELAY_PORT"
 ss_midway "$OUT/slow-pipe-ss.txt" "( dport = :$SINK_PORT )"
 run_load slow-pipe haproxy "${SLOW[@]}" "${PIPE[@]}"
-wait
+wait "${SS_PIDS[@]}" # only these: HAProxy runs in the background too
 
 # Call set-up and tear-down rate.
 start_relay

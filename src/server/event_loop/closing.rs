@@ -2,7 +2,6 @@
 //! progress completed with padding), flushing and lingering, and reaping.
 
 use super::*;
-use crate::server::buffer::{PieceKind, PieceMeta};
 use crate::server::pipe::decide::Wake;
 use crate::server::pipe::state::Inbound;
 
@@ -39,7 +38,7 @@ impl Server {
     /// last output is flushed and the socket dropped (after the peer
     /// closes, or at the linger deadline).
     pub(super) fn begin_close(&mut self, id: ConnId, reason: CloseReason) {
-        let (now, deadline) = (self.now, self.now + self.config.timeouts.linger);
+        let deadline = self.now + self.config.timeouts.linger;
         let Some(conn) = self.conn(id).filter(|c| !c.is_closing()) else {
             return;
         };
@@ -63,22 +62,18 @@ impl Server {
         // held behind it go nowhere now.
         let mid_frame = !matches!(conn.inbound, Inbound::Idle);
         conn.inbound = Inbound::Idle;
-        if let (CloseReason::Error(code, detail), Some(framing), false) =
-            (&reason, conn.framing(), mid_frame)
-        {
-            let mut bytes = Vec::new();
+        if let (CloseReason::Error(code, detail), false) = (&reason, mid_frame) {
+            // Through the one write path (no frame is in progress into it
+            // now, so it is queued, and counted, like any server frame).
             let frame = ServerFrame::Error {
                 code: *code,
                 detail: detail.clone(),
             };
-            encode_server(&frame, framing, &mut bytes);
-            let meta = PieceMeta {
-                kind: PieceKind::Reliable,
-                arrived: now,
-                starts_frame: true,
-            };
-            conn.output.push(&[&bytes], meta);
+            let _ = self.send_frame(id, &frame);
         }
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let was_unregistered = conn.life == Life::AwaitingRegistration;
         conn.life = Life::Closing {
             deadline,
