@@ -53,7 +53,7 @@ lint:
 # lets the stable toolchain take libFuzzer's sanitizer flags): the parser (peek/commit, media runs),
 # the pipe's pure decisions, and the real server's event loop driven over loopback sockets.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= parser pipe session
+FUZZ_TARGETS ?= parser pipe session token
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	for target in $(FUZZ_TARGETS); do \

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use getopts::Options;
 
+use std::path::{Path, PathBuf};
+
+use crate::auth::{AuthMode, Keys};
 use crate::ids::USER_ID_MAX_BYTES;
 use crate::protocol::Limits;
 
@@ -42,6 +45,11 @@ pub const DEFAULT_MEDIA_MAX_DELAY: Duration = Duration::from_millis(300);
 pub const DEFAULT_SEND_LOWAT: usize = 16 * 1024;
 /// Default time a call waits for a lost party to come back (section 8.3).
 pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(10);
+/// Default failed authentications from one address within 10 s before its
+/// new connections are refused for 10 s (PROTOCOL.md section 9).
+pub const DEFAULT_AUTH_FAIL_LIMIT: u32 = 20;
+/// Default lifetime of a token printed by `callrelay token`.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// Default interval of the stats log line.
 pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -112,6 +120,8 @@ pub struct Config {
     /// Most unsent bytes the kernel may hold per client socket (0: the
     /// kernel's default, unbounded by us).
     pub send_lowat: usize,
+    /// Token authentication.
+    pub auth: AuthOptions,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -128,9 +138,52 @@ impl Default for Config {
             output_soft: DEFAULT_OUTPUT_SOFT,
             output_hard: DEFAULT_OUTPUT_HARD,
             send_lowat: DEFAULT_SEND_LOWAT,
+            auth: AuthOptions::default(),
             timeouts: Timeouts::default(),
         }
     }
+}
+
+/// Token authentication options (PROTOCOL.md section 9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthOptions {
+    /// `--auth`: off unless a secret file is given (then require).
+    pub mode: AuthMode,
+    /// `--auth-secret-file`.
+    pub secret_file: Option<PathBuf>,
+    /// `--auth-fail-limit`: failures per address within 10 s.
+    pub fail_limit: u32,
+}
+
+impl Default for AuthOptions {
+    fn default() -> AuthOptions {
+        AuthOptions {
+            mode: AuthMode::Off,
+            secret_file: None,
+            fail_limit: DEFAULT_AUTH_FAIL_LIMIT,
+        }
+    }
+}
+
+/// `callrelay token`: what to sign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The user the token is for.
+    pub user: String,
+    /// How long it is valid.
+    pub ttl: Duration,
+    /// The secret file whose first key signs.
+    pub secret_file: PathBuf,
+}
+
+/// Reads and parses a secret file; the error names the file and the line.
+pub fn load_keys(path: &Path) -> Result<Keys, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        ConfigError::new(format!("--auth-secret-file {}: {error}", path.display()))
+    })?;
+    Keys::parse(&text).map_err(|error| {
+        ConfigError::new(format!("--auth-secret-file {}: {error}", path.display()))
+    })
 }
 
 /// What the command line asks for.
@@ -138,6 +191,8 @@ impl Default for Config {
 pub enum Command {
     /// Run the relay.
     Run(Box<Config>),
+    /// Print a token (`callrelay token USER [--ttl SECS] --auth-secret-file FILE`).
+    Token(TokenRequest),
     /// Print this help text and exit.
     Help(String),
     /// Print the version and exit.
@@ -302,6 +357,30 @@ fn options() -> Options {
         "output buffer size above which a connection is closed (default 8M)",
         "SIZE",
     );
+    opts.optopt(
+        "",
+        "auth-secret-file",
+        "registrations carry tokens signed with these keys: one `KID SECRET` per line, the first signs (callrelay token), all verify; SIGHUP reloads it",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "auth",
+        "off, optional (tokens or bare ids) or require (default require with --auth-secret-file, else off)",
+        "MODE",
+    );
+    opts.optopt(
+        "",
+        "ttl",
+        "token: seconds the printed token is valid (default 86400)",
+        "SECS",
+    );
+    opts.optopt(
+        "",
+        "auth-fail-limit",
+        "failed authentications from one address within 10 s before its new connections are refused for 10 s (default 20)",
+        "N",
+    );
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");
     opts
@@ -314,6 +393,8 @@ pub fn usage(program: &str) -> String {
          callrelay relays one-to-one audio/video calls, text and files between\n\
          Qt 5 clients speaking QDataStream (Qt_5_9) over TCP. See docs/protocol.md.\n\n\
          SECS accepts fractions (0.5). SIZE accepts a K, M or G suffix (powers of 1024).\n\
+         `{program} token USER [--ttl SECS] --auth-secret-file FILE` prints a token for USER\n\
+         signed with the file's first key (default TTL 86400 s).\n\
          Logging: RUST_LOG=error|warn|info|debug|trace (default info), on stderr."
     );
     options().usage(&brief)
@@ -329,6 +410,9 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
     }
     if matches.opt_present("version") {
         return Ok(Command::Version);
+    }
+    if matches.free.first().map(String::as_str) == Some("token") {
+        return parse_token(&matches);
     }
     if let Some(extra) = matches.free.first() {
         return Err(ConfigError::new(format!("unexpected argument {extra:?}")));
@@ -415,6 +499,7 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
             "--max-field and --max-text: below 16M (the heartbeat suffix rule relies on it)",
         ));
     }
+    read_auth(&matches, &mut config)?;
     read_size(&matches, "output-soft", &mut config.output_soft, false)?;
     read_size(&matches, "send-lowat", &mut config.send_lowat, true)?;
     if u32::try_from(config.send_lowat).is_err() {
@@ -427,6 +512,60 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         ));
     }
     Ok(Command::Run(Box::new(config)))
+}
+
+/// The authentication options; a secret file turns `require` on unless
+/// `--auth` says otherwise, and registrations may then be tokens.
+fn read_auth(matches: &getopts::Matches, config: &mut Config) -> Result<(), ConfigError> {
+    let auth = &mut config.auth;
+    auth.secret_file = matches.opt_str("auth-secret-file").map(PathBuf::from);
+    auth.mode = match matches.opt_str("auth") {
+        Some(text) => AuthMode::parse(&text).ok_or_else(|| {
+            ConfigError::new(format!("--auth: {text:?} is not off, optional or require"))
+        })?,
+        None if auth.secret_file.is_some() => AuthMode::Require,
+        None => AuthMode::Off,
+    };
+    if auth.mode != AuthMode::Off && auth.secret_file.is_none() {
+        return Err(ConfigError::new(format!(
+            "--auth {} needs --auth-secret-file",
+            auth.mode.as_str()
+        )));
+    }
+    if let Some(count) = matches.opt_str("auth-fail-limit") {
+        auth.fail_limit = parse_count(&count, "auth-fail-limit")?
+            .try_into()
+            .map_err(|_| ConfigError::new("--auth-fail-limit: too large"))?;
+    }
+    if auth.mode != AuthMode::Off {
+        config.limits.max_registration = crate::auth::MAX_TOKEN_BYTES;
+    }
+    Ok(())
+}
+
+/// `token USER [--ttl SECS] --auth-secret-file FILE`.
+fn parse_token(matches: &getopts::Matches) -> Result<Command, ConfigError> {
+    let user = match matches.free.as_slice() {
+        [_, user] => user.clone(),
+        _ => {
+            return Err(ConfigError::new(
+                "usage: token USER [--ttl SECS] --auth-secret-file FILE",
+            ));
+        }
+    };
+    crate::ids::UserId::from_string(user.clone(), USER_ID_MAX_BYTES)
+        .map_err(|error| ConfigError::new(format!("token: {user:?}: {error}")))?;
+    let secret_file = matches
+        .opt_str("auth-secret-file")
+        .map(PathBuf::from)
+        .ok_or_else(|| ConfigError::new("token needs --auth-secret-file FILE"))?;
+    let mut ttl = DEFAULT_TOKEN_TTL;
+    read_secs(matches, "ttl", &mut ttl, false)?;
+    Ok(Command::Token(TokenRequest {
+        user,
+        ttl,
+        secret_file,
+    }))
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, ConfigError> {

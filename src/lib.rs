@@ -17,6 +17,7 @@
 //! - [`ids`]: identifier newtypes shared by the layers.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod config;
 pub mod ids;
 pub mod metrics;

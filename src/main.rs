@@ -20,10 +20,19 @@ fn main() -> ExitCode {
             println!("callrelay {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Token(request)) => return print_token(&request),
         Err(error) => {
             eprintln!("callrelay: {error}");
             return ExitCode::from(2);
         }
+    };
+    let keys = match config.auth.secret_file.as_deref().map(config::load_keys) {
+        Some(Ok(keys)) => Some(keys),
+        Some(Err(error)) => {
+            eprintln!("callrelay: {error}");
+            return ExitCode::from(2);
+        }
+        None => None,
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut server = match Server::bind(config.clone()) {
@@ -40,6 +49,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(keys) = keys {
+        server.set_auth_keys(keys);
+    }
     if let Err(error) = server.handle_signals() {
         eprintln!("callrelay: cannot handle signals: {error}");
         return ExitCode::from(2);
@@ -52,4 +64,20 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `callrelay token`: prints a token signed with the secret file's first key.
+fn print_token(request: &config::TokenRequest) -> ExitCode {
+    let keys = match config::load_keys(&request.secret_file) {
+        Ok(keys) => keys,
+        Err(error) => {
+            eprintln!("callrelay: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    println!("{}", keys.sign(&request.user, now + request.ttl.as_secs()));
+    ExitCode::SUCCESS
 }

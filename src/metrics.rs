@@ -45,9 +45,39 @@ pub struct Counters {
     /// FILE frames whose receiver went away before all of it arrived (the
     /// rest was read from the sender and discarded).
     pub files_cut_short: u64,
+    /// Registrations refused as unauthorized, by reason (indexed like
+    /// [`AUTH_FAILURE_REASONS`]).
+    pub auth_failures: [u64; AUTH_FAILURE_REASONS.len()],
+    /// Connections refused because their address failed authentication
+    /// too often (`--auth-fail-limit`).
+    pub auth_refused: u64,
 }
 
+/// The reasons an authentication fails, as metrics labels.
+pub const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "malformed",
+    "unknown_key",
+    "bad_signature",
+    "expired",
+    "bare_id_for_token_user",
+];
+
 impl Counters {
+    /// Counts a refused authentication.
+    pub fn auth_failure(&mut self, refusal: crate::relay::Refusal) {
+        use crate::auth::TokenError;
+        use crate::relay::Refusal;
+        let index = match refusal {
+            Refusal::Unauthorized(TokenError::Malformed) => 0,
+            Refusal::Unauthorized(TokenError::UnknownKey) => 1,
+            Refusal::Unauthorized(TokenError::BadSignature) => 2,
+            Refusal::Unauthorized(TokenError::Expired) => 3,
+            Refusal::BareIdForTokenUser => 4,
+            Refusal::BadUserId(_) => return,
+        };
+        self.auth_failures[index] += 1;
+    }
+
     /// Counts a protocol error.
     pub fn protocol_error(&mut self, code: ErrorCode) {
         if let Some(index) = ErrorCode::ALL.iter().position(|known| *known == code) {
@@ -292,6 +322,24 @@ pub fn render_prometheus(snapshot: &Snapshot<'_>) -> String {
         "counter",
         "Connections closed for passing the hard output limit.",
         counters.output_overflow_closes,
+    );
+    out.family(
+        "auth_failures_total",
+        "counter",
+        "Registrations refused as unauthorized, by reason.",
+    );
+    for (reason, count) in AUTH_FAILURE_REASONS.iter().zip(counters.auth_failures) {
+        out.value(
+            "auth_failures_total",
+            &format!("reason=\"{reason}\""),
+            count,
+        );
+    }
+    out.single(
+        "auth_refused_total",
+        "counter",
+        "Connections closed at once: their address failed authentication too often.",
+        counters.auth_refused,
     );
     out.single(
         "files_cut_short_total",

@@ -610,7 +610,10 @@ fn media_with_a_slow_receiver_reports_the_share_and_the_delay_per_slice() {
         "media --size 1200 --rate 100 --rx-rate 60000 --rcvbuf 4096 --slice 1 --duration 3 --warmup 0.5",
     );
     let share = num(&json, "delivered_share");
-    assert!((0.25..0.8).contains(&share), "delivered share {share}: {json}");
+    assert!(
+        (0.25..0.8).contains(&share),
+        "delivered share {share}: {json}"
+    );
     assert!(json.contains("\"slices\":[{\"start_s\":0"), "{json}");
     assert_eq!(num(&json, "errors"), 0.0, "{json}");
 }

@@ -98,11 +98,15 @@ pub enum ErrorCode {
     ServerFull,
     /// The server is stopping.
     ShuttingDown,
+    /// The registration is not a valid token (PROTOCOL.md section 9).
+    Unauthorized,
+    /// A plain connection where TLS is required (PROTOCOL.md section 10).
+    TlsRequired,
 }
 
 impl ErrorCode {
     /// Every code, for counters and docs.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadUserId,
         ErrorCode::Replaced,
         ErrorCode::NoSuchCall,
@@ -114,6 +118,8 @@ impl ErrorCode {
         ErrorCode::OutputOverflow,
         ErrorCode::ServerFull,
         ErrorCode::ShuttingDown,
+        ErrorCode::Unauthorized,
+        ErrorCode::TlsRequired,
     ];
 
     /// The code as it is written on the wire.
@@ -130,6 +136,8 @@ impl ErrorCode {
             ErrorCode::OutputOverflow => "output_overflow",
             ErrorCode::ServerFull => "server_full",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::TlsRequired => "tls_required",
         }
     }
 }
@@ -145,6 +153,9 @@ impl fmt::Display for ErrorCode {
 pub struct Limits {
     /// Most UTF-8 bytes in a user id (at most 128).
     pub max_user_id: usize,
+    /// Most bytes of the registration string (the user id, or with
+    /// authentication on a token carrying it: PROTOCOL.md section 9).
+    pub max_registration: usize,
     /// Most UTF-16 bytes in a QString field other than TEXT's text.
     pub max_field: usize,
     /// Most UTF-16 bytes in TEXT's text.
@@ -159,6 +170,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_user_id: crate::ids::USER_ID_MAX_BYTES,
+            max_registration: crate::ids::USER_ID_MAX_BYTES,
             max_field: 1024,
             max_text: 64 * 1024,
             max_file: 64 * 1024 * 1024,
@@ -175,7 +187,7 @@ impl Limits {
         let text = 1 + 4 + self.max_field + 4 + self.max_text;
         let file_header = 1 + 4 + self.max_field + 4 + self.max_field + 4;
         let reject = 1 + 4 + self.max_field + 4 + self.max_field;
-        let register = 1 + 2 + self.max_user_id;
+        let register = 1 + 2 + self.max_registration.max(self.max_user_id);
         4 + text.max(file_header).max(reject).max(register)
     }
 }

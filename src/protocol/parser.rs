@@ -631,7 +631,7 @@ fn frame_bound(kind: MessageType, limits: &Limits) -> usize {
         MessageType::Text => 1 + field + 4 + limits.max_text,
         MessageType::CallRequest => 1 + field + 1,
         MessageType::CallReject => 1 + 2 * field,
-        MessageType::Heartbeat => 1 + 2 + limits.max_user_id,
+        MessageType::Heartbeat => 1 + 2 + limits.max_registration.max(limits.max_user_id),
         _ => 1 + field,
     }
 }
@@ -640,7 +640,9 @@ fn frame_bound(kind: MessageType, limits: &Limits) -> usize {
 fn check_id_length(length: u16, limits: &Limits) -> Result<usize, Fail> {
     match length as usize {
         0 => Err(bad_user_id("empty user id")),
-        n if n > limits.max_user_id => Err(bad_user_id("user id too long")),
+        n if n > limits.max_registration.max(limits.max_user_id) => {
+            Err(bad_user_id("user id too long"))
+        }
         n => Ok(n),
     }
 }
@@ -663,7 +665,7 @@ fn parse_framed_registration<'a>(input: &'a [u8], limits: &Limits) -> Result<Par
     if frame_length < 3 {
         return Err(malformed("registration frame shorter than its fields"));
     }
-    if frame_length as usize > 3 + limits.max_user_id {
+    if frame_length as usize > 3 + limits.max_registration.max(limits.max_user_id) {
         return Err(bad_user_id("user id too long"));
     }
     let kind = cursor.u8().map_err(|_| Fail::NeedMore)?;

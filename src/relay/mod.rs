@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info};
 
+use crate::auth::{AuthMode, Keys, TokenError};
 use crate::ids::{CallId, ConnId, USER_ID_MAX_BYTES, UserId, UserIdError};
 use crate::protocol::ErrorCode;
 use crate::protocol::frame::{ClientFrame, ServerFrame};
@@ -97,6 +98,9 @@ pub enum RelayTimer {
         call: CallId,
         /// The detached user.
         user: UserId,
+        /// The end of the window this timer is for (a user lost again has
+        /// a later one; this timer is then stale).
+        until: Instant,
     },
 }
 
@@ -111,7 +115,18 @@ pub enum Departure {
     Ended,
 }
 
-/// A user who left a call's connection behind, within the resume window.
+/// A user who left a call's connection behind, within the resume window,
+/// and whether it had registered with a token (then only a token can bring
+/// it back: PROTOCOL.md section 9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct AwayUser {
+    state: Away,
+    token: bool,
+    /// The end of its resume window.
+    until: Instant,
+}
+
+/// Where the call of a user who is away stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Away {
     /// The call goes on without the user.
@@ -132,6 +147,50 @@ pub enum FileRoute {
     },
     /// Nobody by that id is online: the data is discarded.
     Undeliverable,
+}
+
+/// Authentication (PROTOCOL.md section 9): the mode and the keys.
+#[derive(Debug)]
+pub struct Auth {
+    /// `optional` or `require` (`off` is no `Auth` at all).
+    pub mode: AuthMode,
+    /// The keys of the secret file.
+    pub keys: Keys,
+}
+
+/// Why a registration is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a valid user id (ERROR `bad_user_id`).
+    BadUserId(UserIdError),
+    /// Not a valid token (ERROR `unauthorized`).
+    Unauthorized(TokenError),
+    /// A bare id for a user registered with a token (ERROR `unauthorized`).
+    BareIdForTokenUser,
+}
+
+impl Refusal {
+    /// The ERROR code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::BadUserId(_) => ErrorCode::BadUserId,
+            Refusal::Unauthorized(_) | Refusal::BareIdForTokenUser => ErrorCode::Unauthorized,
+        }
+    }
+
+    /// What was wrong, for the log and the ERROR detail (never the token).
+    pub fn text(&self) -> &'static str {
+        match self {
+            Refusal::BadUserId(error) => error.text(),
+            Refusal::Unauthorized(TokenError::Malformed) => "token: malformed",
+            Refusal::Unauthorized(TokenError::UnknownKey) => "token: unknown key",
+            Refusal::Unauthorized(TokenError::BadSignature) => "token: bad signature",
+            Refusal::Unauthorized(TokenError::Expired) => "token: expired",
+            Refusal::BareIdForTokenUser => {
+                "a bare id cannot replace a user registered with a token"
+            }
+        }
+    }
 }
 
 /// Counters the relay keeps for operators.
@@ -160,7 +219,8 @@ pub struct Relay {
     registry: Registry,
     calls: Calls,
     /// Users detached from a call, within its resume window.
-    away: HashMap<UserId, Away>,
+    away: HashMap<UserId, AwayUser>,
+    auth: Option<Auth>,
     resume_window: Duration,
     ring_timeout: Duration,
     max_user_id: usize,
@@ -177,6 +237,7 @@ impl Relay {
             registry: Registry::default(),
             calls: Calls::default(),
             away: HashMap::new(),
+            auth: None,
             resume_window,
             ring_timeout,
             max_user_id: max_user_id.min(USER_ID_MAX_BYTES),
@@ -205,20 +266,61 @@ impl Relay {
         self.calls.counts()
     }
 
-    /// `conn` sent the registration bytes `user`: a valid id registers
-    /// (a connection already holding it is replaced: it gets ERROR
-    /// `replaced` and its call ends); anything else is refused, and the
-    /// caller closes `conn` with ERROR `bad_user_id`.
+    /// `conn` sent the registration string `text`: a valid id, or with
+    /// authentication on a valid token (PROTOCOL.md section 9, checked at
+    /// `unix_now`), registers its user (a connection already holding it is
+    /// replaced); anything else is refused, and the caller closes `conn`
+    /// with the refusal's ERROR code. Returns the user.
     pub fn register(
         &mut self,
         conn: ConnId,
-        user: &[u8],
+        text: &[u8],
         now: Instant,
+        unix_now: u64,
         out: &mut Vec<Action>,
-    ) -> Result<(), UserIdError> {
-        let user = UserId::from_utf8(user, self.max_user_id)?;
-        self.register_user(conn, user, now, out);
-        Ok(())
+    ) -> Result<UserId, Refusal> {
+        let (user, token) = self.authenticate(text, unix_now)?;
+        self.register_as(conn, user.clone(), token, now, out);
+        Ok(user)
+    }
+
+    /// Who `text` registers as, and whether with a token.
+    fn authenticate(&self, text: &[u8], unix_now: u64) -> Result<(UserId, bool), Refusal> {
+        let bare = || UserId::from_utf8(text, self.max_user_id).map_err(Refusal::BadUserId);
+        let Some(auth) = &self.auth else {
+            return Ok((bare()?, false));
+        };
+        let string =
+            std::str::from_utf8(text).map_err(|_| Refusal::BadUserId(UserIdError::BadEncoding))?;
+        if auth.mode == AuthMode::Optional && !crate::auth::token_shaped(string) {
+            let user = bare()?;
+            if self.held_by_token(&user) {
+                return Err(Refusal::BareIdForTokenUser);
+            }
+            return Ok((user, false));
+        }
+        let name = auth
+            .keys
+            .verify(string, unix_now)
+            .map_err(Refusal::Unauthorized)?;
+        let user = UserId::from_string(name.to_owned(), self.max_user_id)
+            .map_err(|_| Refusal::Unauthorized(TokenError::Malformed))?;
+        Ok((user, true))
+    }
+
+    /// True if `user` registered with a token and is online or away.
+    fn held_by_token(&self, user: &UserId) -> bool {
+        let online = self
+            .registry
+            .lookup(user)
+            .and_then(|conn| self.registry.session(conn))
+            .is_some_and(|session| session.token);
+        online || self.away.get(user).is_some_and(|away| away.token)
+    }
+
+    /// Turns authentication on (`Some`) or off, or swaps the keys (SIGHUP).
+    pub fn set_auth(&mut self, auth: Option<Auth>) {
+        self.auth = auth;
     }
 
     /// `conn` registered the valid id `user` (see [`Relay::register`]).
@@ -233,9 +335,21 @@ impl Relay {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.register_as(conn, user, false, now, out);
+    }
+
+    /// [`Relay::register_user`], recording whether `user` came with a token.
+    fn register_as(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        token: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         debug!("{conn} registered as {user}");
-        if let Some(old) = self.registry.register(conn, user.clone()) {
-            info!("{old} replaced by {conn} for {user}");
+        if let Some(old) = self.registry.register(conn, user.clone(), token) {
+            debug!("{old} replaced by {conn} for {user}");
             let call = self.registry.session(old).and_then(|s| s.call.clone());
             match call {
                 Some(call_id) if !self.resume_window.is_zero() => {
@@ -252,7 +366,7 @@ impl Relay {
             });
             return;
         }
-        match self.away.remove(&user) {
+        match self.away.remove(&user).map(|away| away.state) {
             Some(Away::InCall(call_id)) => self.attach(&call_id, &user, conn, out),
             Some(Away::CallEnded(call_id)) => {
                 info!("call {call_id}: {user} came back after it ended");
@@ -279,7 +393,7 @@ impl Relay {
         let role = call.role_of(conn);
         let (state, video, caller) = (call.state, call.video, call.caller.user.clone());
         let other = call.other_than_user(user).clone();
-        info!("call {call_id}: {user} attached on {conn}");
+        debug!("call {call_id}: {user} attached on {conn}");
         self.set_call(conn, Some(call_id.clone()));
         match (state, role) {
             (CallState::Active, _) => {
@@ -326,7 +440,8 @@ impl Relay {
         out: &mut Vec<Action>,
     ) {
         let session = self.registry.remove(conn);
-        let Some((user, Some(call_id))) = session.map(|s| (s.user, s.call)) else {
+        let Some((user, Some(call_id), session_token)) = session.map(|s| (s.user, s.call, s.token))
+        else {
             return;
         };
         let Some(call) = self.calls.get_mut(&call_id) else {
@@ -352,13 +467,20 @@ impl Relay {
             "call {call_id}: {user} detached; waiting {:?} for it to come back",
             self.resume_window
         );
-        self.away
-            .insert(user.clone(), Away::InCall(call_id.clone()));
+        self.away.insert(
+            user.clone(),
+            AwayUser {
+                state: Away::InCall(call_id.clone()),
+                token: session_token,
+                until,
+            },
+        );
         out.push(Action::ArmTimer {
             at: until,
             timer: RelayTimer::Resume {
                 call: call_id,
                 user,
+                until,
             },
         });
     }
@@ -406,7 +528,7 @@ impl Relay {
         match self.online_user(to) {
             Some(receiver) => FileRoute::Deliver { to: receiver, from },
             None => {
-                info!(
+                debug!(
                     "{conn} ({from}) FILE to {:?}: not online",
                     to.to_string_lossy()
                 );
@@ -428,7 +550,9 @@ impl Relay {
     pub fn on_timer(&mut self, timer: &RelayTimer, now: Instant, out: &mut Vec<Action>) {
         match timer {
             RelayTimer::Ring(call_id) => self.ring_timeout(call_id, now, out),
-            RelayTimer::Resume { call, user } => self.resume_expired(call, user, now, out),
+            RelayTimer::Resume { call, user, until } => {
+                self.resume_expired(call, user, *until, out)
+            }
         }
     }
 
@@ -439,28 +563,24 @@ impl Relay {
         &mut self,
         call_id: &CallId,
         user: &UserId,
-        now: Instant,
+        until: Instant,
         out: &mut Vec<Action>,
     ) {
-        match self.away.get(user) {
-            Some(Away::CallEnded(id)) if id == call_id => {
+        // A user who came back and was lost again has a later window (and
+        // timer) of its own: this one is stale.
+        let Some(away) = self.away.get(user).filter(|away| away.until == until) else {
+            return;
+        };
+        match &away.state {
+            Away::CallEnded(id) if id == call_id => {
                 self.away.remove(user);
             }
-            Some(Away::InCall(id)) if id == call_id => {
-                // A user who came back and was lost again has a later
-                // window (and timer) of its own.
+            Away::InCall(id) if id == call_id => {
+                self.away.remove(user);
                 let Some(call) = self.calls.get(call_id) else {
                     return;
                 };
-                let expired = [&call.caller, &call.callee].iter().any(|party| {
-                    party.user == *user
-                        && matches!(party.at, Attachment::Detached { until } if until <= now)
-                });
-                if !expired {
-                    return;
-                }
                 let other = call.other_than_user(user).conn();
-                self.away.remove(user);
                 info!("call {call_id}: {user} did not come back within the resume window");
                 self.end_call(call_id, EndReason::ResumeExpired, &[other], out);
             }
@@ -518,10 +638,10 @@ impl Relay {
                 .calls
                 .get(call_id)
                 .is_some_and(|call| matches!(call.state, CallState::Ringing { .. })),
-            RelayTimer::Resume { call, user } => matches!(
-                self.away.get(user),
-                Some(Away::InCall(id) | Away::CallEnded(id)) if id == call
-            ),
+            RelayTimer::Resume { call, user, until } => self.away.get(user).is_some_and(|away| {
+                away.until == *until
+                    && matches!(&away.state, Away::InCall(id) | Away::CallEnded(id) if id == call)
+            }),
         }
     }
 
@@ -548,7 +668,14 @@ impl Relay {
             None => Some("invalid"),
             Some(user) if *user == caller => Some("invalid"),
             Some(_) if self.in_call(conn) => Some("busy"),
-            Some(user) if matches!(self.away.get(user), Some(Away::InCall(_))) => Some("busy"),
+            Some(user)
+                if matches!(
+                    self.away.get(user).map(|away| &away.state),
+                    Some(Away::InCall(_))
+                ) =>
+            {
+                Some("busy")
+            }
             Some(user) => match self.registry.lookup(user) {
                 None => Some("offline"),
                 Some(callee_conn) if self.in_call(callee_conn) => Some("busy"),
@@ -559,7 +686,7 @@ impl Relay {
         let (Some(callee_user), None) = (callee_user, refusal) else {
             let reason = refusal.unwrap_or("invalid");
             self.stats.calls_refused += 1;
-            info!(
+            debug!(
                 "{conn} ({caller}) call to {:?} refused: {reason} (call {call_id})",
                 callee.to_string_lossy()
             );
@@ -710,7 +837,7 @@ impl Relay {
             None => {
                 self.stats.texts_undeliverable += 1;
                 let detail = format!("{:?} is not online", to.to_string_lossy());
-                info!(
+                debug!(
                     "{conn} ({from}) TEXT to {}: not online",
                     to.to_string_lossy()
                 );
@@ -763,7 +890,7 @@ impl Relay {
                 }
                 Attachment::Detached { .. } => {
                     if let Some(away) = self.away.get_mut(&party.user) {
-                        *away = Away::CallEnded(call_id.clone());
+                        away.state = Away::CallEnded(call_id.clone());
                     }
                 }
             }
@@ -785,7 +912,7 @@ impl Relay {
 
     fn no_such_call(&self, conn: ConnId, what: &str, call_ref: QStr<'_>, out: &mut Vec<Action>) {
         let shown = call_ref.to_string_lossy();
-        info!("{conn} {what} {shown:?}: names no call of the sender; ignored");
+        debug!("{conn} {what} {shown:?}: names no call of the sender; ignored");
         out.push(Action::Notify {
             to: conn,
             code: ErrorCode::NoSuchCall,

@@ -10,6 +10,9 @@ use crate::ids::{CallId, ConnId, UserId};
 pub struct Session {
     /// The id it registered.
     pub user: UserId,
+    /// It registered with a valid token (PROTOCOL.md section 9): a bare id
+    /// can never replace it.
+    pub token: bool,
     /// The call it takes part in (ringing or accepted), if any.
     pub call: Option<CallId>,
 }
@@ -24,9 +27,14 @@ pub struct Registry {
 impl Registry {
     /// Registers `user` on `conn`. Returns the connection the id was online
     /// on before, which the caller must close as replaced.
-    pub fn register(&mut self, conn: ConnId, user: UserId) -> Option<ConnId> {
+    pub fn register(&mut self, conn: ConnId, user: UserId, token: bool) -> Option<ConnId> {
         let replaced = self.by_user.insert(user.clone(), conn);
-        self.sessions.insert(conn, Session { user, call: None });
+        let session = Session {
+            user,
+            token,
+            call: None,
+        };
+        self.sessions.insert(conn, session);
         replaced.filter(|old| *old != conn)
     }
 
@@ -76,8 +84,11 @@ mod tests {
     fn newest_registration_wins_and_old_removal_keeps_it() {
         let mut registry = Registry::default();
         let alice = UserId::from_utf8(b"alice", 128).expect("valid");
-        assert_eq!(registry.register(conn(1), alice.clone()), None);
-        assert_eq!(registry.register(conn(2), alice.clone()), Some(conn(1)));
+        assert_eq!(registry.register(conn(1), alice.clone(), false), None);
+        assert_eq!(
+            registry.register(conn(2), alice.clone(), false),
+            Some(conn(1))
+        );
         assert!(registry.remove(conn(1)).is_some());
         assert_eq!(registry.lookup(&alice), Some(conn(2)));
         assert!(registry.remove(conn(2)).is_some());

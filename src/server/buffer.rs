@@ -207,6 +207,60 @@ impl WriteQueue {
         }
     }
 
+    /// Appends the bytes of `parts` (in order) as the frames and frame rests
+    /// they are: a frame starts at each offset of `frame_starts` (into the
+    /// parts' bytes, ascending); bytes before the first start continue the
+    /// frame before. `meta` gives the kind and arrival time.
+    pub fn push_frames(&mut self, parts: &[&[u8]], frame_starts: &[usize], meta: PieceMeta) {
+        // The common cases, without splitting: one frame, or one frame's rest.
+        match frame_starts {
+            [] | [0] => {
+                let starts_frame = !frame_starts.is_empty();
+                return self.push(
+                    parts,
+                    PieceMeta {
+                        starts_frame,
+                        ..meta
+                    },
+                );
+            }
+            _ => {}
+        }
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        let mut bounds = Vec::with_capacity(frame_starts.len() + 2);
+        bounds.push(0);
+        bounds.extend(
+            frame_starts
+                .iter()
+                .copied()
+                .filter(|at| *at > 0 && *at < total),
+        );
+        bounds.push(total);
+        for window in bounds.windows(2) {
+            let (from, to) = (window[0], window[1]);
+            let starts_frame = frame_starts.contains(&from);
+            let mut pieces: [&[u8]; 4] = [&[]; 4];
+            let mut used = 0;
+            let mut offset = 0;
+            for part in parts {
+                let (start, end) = (offset, offset + part.len());
+                offset = end;
+                let (lo, hi) = (from.max(start), to.min(end));
+                if lo < hi && used < pieces.len() {
+                    pieces[used] = part.get(lo - start..hi - start).unwrap_or_default();
+                    used += 1;
+                }
+            }
+            self.push(
+                &pieces[..used],
+                PieceMeta {
+                    starts_frame,
+                    ..meta
+                },
+            );
+        }
+    }
+
     /// Moves everything in `other` behind this queue's bytes, segments and
     /// all (frames that waited for a cut-through frame to complete).
     pub fn append(&mut self, other: &mut WriteQueue) {
@@ -402,6 +456,24 @@ mod tests {
         queue.advance(9);
         assert!(queue.is_empty());
         assert_eq!(queue.len(), 0);
+    }
+
+    #[test]
+    fn pushed_frames_get_a_segment_each_and_rests_join_the_frame_before() {
+        let old = Instant::now();
+        let cutoff = old + std::time::Duration::from_millis(10);
+        let media = PieceMeta {
+            kind: PieceKind::Media,
+            arrived: old,
+            starts_frame: true,
+        };
+        let mut queue = WriteQueue::default();
+        // The rest of a frame that began to go out ("ab"), then two frames.
+        queue.push_frames(&[b"ab", b"CDEfg"], &[2, 5], media);
+        assert_eq!(queue.pending(), b"abCDEfg");
+        // The rest cannot be dropped (it has no start); both frames can.
+        assert_eq!(queue.drop_late_media(cutoff, false), 2);
+        assert_eq!(queue.pending(), b"ab");
     }
 
     #[test]

@@ -118,8 +118,12 @@ pub struct Connection {
     pub output: WriteQueue,
     /// The interest registered with the poll.
     pub registered_interest: Interest,
-    /// The registered id's bytes (empty before registration).
+    /// The registered user id's bytes (empty before registration): what
+    /// logs name it by.
     pub user_id: Box<[u8]>,
+    /// The registration string as sent (the id, or a token carrying it):
+    /// what a heartbeat's registration suffix must repeat.
+    pub registration: Box<[u8]>,
     /// When it last made progress: a byte arrived from it, or its socket
     /// took a byte of its output (PROTOCOL.md section 8.1: a listener is
     /// not idle while its output flows).
@@ -155,6 +159,7 @@ impl Connection {
             output: WriteQueue::default(),
             registered_interest: Interest::READABLE,
             user_id: Box::default(),
+            registration: Box::default(),
             last_progress: now,
             link: None,
             grace_until: None,

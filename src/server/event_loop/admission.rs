@@ -57,7 +57,9 @@ impl Server {
     /// Why a new connection from `ip` must be refused, if it must.
     pub(super) fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
         let config = &self.config;
-        if self.conns.len() + self.accepted.len() >= config.max_connections {
+        if self.auth_failures.blocked(ip, self.now) {
+            Some("authentication failures (--auth-fail-limit)")
+        } else if self.conns.len() + self.accepted.len() >= config.max_connections {
             Some("connection limit (--max-connections)")
         } else if self.unregistered >= config.max_unregistered {
             Some("unregistered connection limit (--max-unregistered)")
@@ -75,6 +77,9 @@ impl Server {
     pub(super) fn refuse(&mut self, stream: TcpStream, addr: SocketAddr, reason: &'static str) {
         drop(stream);
         self.counters.connections_refused += 1;
+        if self.auth_failures.blocked(addr.ip(), self.now) {
+            self.counters.auth_refused += 1;
+        }
         let level = self.budgeted(reason, log::Level::Warn);
         log!(level, "refused a connection from {addr}: {reason}");
     }
@@ -132,7 +137,96 @@ impl Server {
     }
 }
 
+/// Failed authentications per source address (PROTOCOL.md section 9):
+/// beyond the limit within [`AUTH_FAIL_WINDOW`], the address's new
+/// connections are closed at once for [`AUTH_FAIL_BLOCK`].
+#[derive(Debug, Default)]
+pub(super) struct AuthFailures {
+    by_address: HashMap<IpAddr, FailWindow>,
+}
+
+/// How long failures count.
+pub(super) const AUTH_FAIL_WINDOW: Duration = Duration::from_secs(10);
+/// How long an address over the limit is refused.
+pub(super) const AUTH_FAIL_BLOCK: Duration = Duration::from_secs(10);
+/// Addresses remembered before expired ones are swept.
+const AUTH_FAIL_SWEEP: usize = 4096;
+
+#[derive(Clone, Copy, Debug)]
+struct FailWindow {
+    start: Instant,
+    count: u32,
+    blocked_until: Option<Instant>,
+}
+
+impl AuthFailures {
+    /// Counts a failure of `ip` at `now`; past `limit` in the window, the
+    /// address is blocked.
+    pub(super) fn record(&mut self, ip: IpAddr, now: Instant, limit: u32) {
+        if self.by_address.len() >= AUTH_FAIL_SWEEP {
+            self.by_address.retain(|_, window| !window.expired(now));
+        }
+        let window = self.by_address.entry(ip).or_insert(FailWindow {
+            start: now,
+            count: 0,
+            blocked_until: None,
+        });
+        if now.duration_since(window.start) >= AUTH_FAIL_WINDOW {
+            window.start = now;
+            window.count = 0;
+        }
+        window.count = window.count.saturating_add(1);
+        if window.count > limit {
+            window.blocked_until = Some(now + AUTH_FAIL_BLOCK);
+        }
+    }
+
+    /// True while `ip` is refused.
+    pub(super) fn blocked(&self, ip: IpAddr, now: Instant) -> bool {
+        self.by_address
+            .get(&ip)
+            .and_then(|window| window.blocked_until)
+            .is_some_and(|until| now < until)
+    }
+}
+
+impl FailWindow {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.start) >= AUTH_FAIL_WINDOW
+            && self.blocked_until.is_none_or(|until| now >= until)
+    }
+}
+
 pub(super) fn is_out_of_fds(error: &io::Error) -> bool {
     // EMFILE (process limit) or ENFILE (system limit).
     matches!(error.raw_os_error(), Some(24) | Some(23))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_refused_past_the_limit_for_the_block_time() {
+        let ip: IpAddr = "192.0.2.7".parse().expect("literal");
+        let other: IpAddr = "192.0.2.8".parse().expect("literal");
+        let start = Instant::now();
+        let mut failures = AuthFailures::default();
+        for _ in 0..3 {
+            failures.record(ip, start, 3);
+        }
+        assert!(!failures.blocked(ip, start), "at the limit, not past it");
+        failures.record(ip, start, 3);
+        assert!(failures.blocked(ip, start));
+        assert!(!failures.blocked(other, start));
+        assert!(failures.blocked(ip, start + AUTH_FAIL_BLOCK - Duration::from_millis(1)));
+        assert!(!failures.blocked(ip, start + AUTH_FAIL_BLOCK));
+        // Failures older than the window do not add up.
+        let later = start + AUTH_FAIL_WINDOW;
+        for _ in 0..3 {
+            failures.record(other, later, 3);
+        }
+        failures.record(other, later + AUTH_FAIL_WINDOW, 3);
+        assert!(!failures.blocked(other, later + AUTH_FAIL_WINDOW));
+    }
 }

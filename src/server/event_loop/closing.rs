@@ -42,32 +42,30 @@ impl Server {
         let Some(conn) = self.conn(id).filter(|c| !c.is_closing()) else {
             return;
         };
-        let level = match (conn.life, &reason) {
+        let level = match (conn.life, reason.error()) {
             (Life::AwaitingRegistration, _) => log::Level::Debug,
-            (_, CloseReason::PeerClosed) => self.budgeted("closed_by_peer", log::Level::Info),
-            (_, CloseReason::Error(code, _)) => self.budgeted(code.as_str(), log::Level::Info),
+            (_, None) => self.budgeted("closed_by_peer", log::Level::Info),
+            (_, Some((code, _))) => self.budgeted(code.as_str(), log::Level::Info),
         };
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         let user = String::from_utf8_lossy(&conn.user_id).into_owned();
-        match &reason {
-            CloseReason::PeerClosed => log!(level, "{id} ({user}) closed by peer"),
-            CloseReason::Error(code, detail) => {
-                log!(level, "{id} ({user}) closed: {code} ({detail})")
-            }
+        match reason.error() {
+            None => log!(level, "{id} ({user}) closed by peer"),
+            Some((code, detail)) => log!(level, "{id} ({user}) closed: {code} ({detail})"),
         }
         // An ERROR written while another sender's frame is being written
         // into this connection would land inside that frame; the frames
         // held behind it go nowhere now.
         let mid_frame = !matches!(conn.inbound, Inbound::Idle);
         conn.inbound = Inbound::Idle;
-        if let (CloseReason::Error(code, detail), false) = (&reason, mid_frame) {
+        if let (Some((code, detail)), false) = (reason.error(), mid_frame) {
             // Through the one write path (no frame is in progress into it
             // now, so it is queued, and counted, like any server frame).
             let frame = ServerFrame::Error {
-                code: *code,
-                detail: detail.clone(),
+                code,
+                detail: detail.to_owned(),
             };
             let _ = self.send_frame(id, &frame);
         }

@@ -5,6 +5,14 @@
 //! take yet stays unconsumed while the sender waits.
 
 use super::*;
+use crate::relay::Refusal;
+
+/// The Unix time in seconds (tokens carry their expiry in it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
 
 impl Server {
     pub(super) fn service_ready(&mut self) {
@@ -117,7 +125,7 @@ impl Server {
         }
         let context = ParseContext {
             limits: &config.limits,
-            user_id: &conn.user_id,
+            user_id: &conn.registration,
             seed_phase: Connection::seed_phase(conn.link.as_deref(), conn.grace_until, *now),
             media_runs: runs,
         };
@@ -137,17 +145,21 @@ impl Server {
             Parsed::Frame {
                 frame: ClientFrame::Register { user, .. },
                 ..
-            } => match relay.register(id, user, *now, actions) {
-                Ok(()) => {
-                    conn.user_id = user.into();
+            } => match relay.register(id, user, *now, unix_now(), actions) {
+                Ok(registered) => {
+                    conn.user_id = registered.as_str().as_bytes().into();
+                    conn.registration = user.into();
                     conn.life = Life::Registered;
                     self.registered(id);
                     Step::Done
                 }
-                Err(why) => {
+                Err(refusal) => {
+                    if let Refusal::Unauthorized(_) | Refusal::BareIdForTokenUser = refusal {
+                        self.auth_failed(id, refusal);
+                    }
                     let error = ProtocolError {
-                        code: ErrorCode::BadUserId,
-                        what: why.text(),
+                        code: refusal.code(),
+                        what: refusal.text(),
                     };
                     self.protocol_error(id, error);
                     return Some(Flow::Stop);
@@ -214,6 +226,16 @@ impl Server {
         })?;
         self.pause(id, over, PausedAt::FrameStart);
         Some(Flow::Stop)
+    }
+
+    /// An authentication failure of `id`: counted by reason, and against
+    /// its address (`--auth-fail-limit`).
+    fn auth_failed(&mut self, id: ConnId, refusal: Refusal) {
+        self.counters.auth_failure(refusal);
+        let (now, limit) = (self.now, self.config.auth.fail_limit);
+        if let Some(ip) = self.conn(id).map(|c| c.addr.ip()) {
+            self.auth_failures.record(ip, now, limit);
+        }
     }
 
     /// `id` has just registered: admission stops counting it, and its

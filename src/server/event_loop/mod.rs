@@ -30,12 +30,12 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, log, warn};
+use log::{debug, error, info, log, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use super::buffer::BufferPool;
@@ -103,18 +103,31 @@ pub(super) enum TimerKey {
 pub(super) enum CloseReason {
     /// The peer closed or reset its socket, or the socket failed.
     PeerClosed,
-    /// We close it with an ERROR frame.
+    /// We close it with an ERROR frame, for cause.
     Error(ErrorCode, String),
+    /// It was idle (PROTOCOL.md 8.1): ERROR `timeout`, and it counts as
+    /// lost, not closed for cause.
+    Idle(String),
 }
 
 impl CloseReason {
     /// What the close means for the connection's call (PROTOCOL.md 8.3):
-    /// a connection lost (closed by its peer, failed, or timed out) leaves
-    /// its call waiting for it; one closed for cause ends it.
+    /// a connection lost (closed by its peer, failed, or idle) leaves its
+    /// call waiting for it; one closed for cause (a protocol error, the
+    /// output limit, a stalled frame, shutdown) ends it.
     fn departure(&self) -> Departure {
         match self {
-            CloseReason::PeerClosed | CloseReason::Error(ErrorCode::Timeout, _) => Departure::Lost,
+            CloseReason::PeerClosed | CloseReason::Idle(_) => Departure::Lost,
             CloseReason::Error(..) => Departure::Ended,
+        }
+    }
+
+    /// The ERROR it sends, if any.
+    fn error(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            CloseReason::PeerClosed => None,
+            CloseReason::Error(code, detail) => Some((*code, detail)),
+            CloseReason::Idle(detail) => Some((ErrorCode::Timeout, detail)),
         }
     }
 }
@@ -150,6 +163,8 @@ pub struct Server {
     pub(super) closing_queue: Vec<(ConnId, CloseReason)>,
     pub(super) actions: Vec<Action>,
     pub(super) scratch: Vec<u8>,
+    /// Reused for the frame offsets of a media run.
+    pub(super) frame_starts: Vec<usize>,
     pub(super) counters: Counters,
     pub(super) now: Instant,
     metrics_listener: Option<TcpListener>,
@@ -165,6 +180,8 @@ pub struct Server {
     /// Lines per second for what a flood of bad connections produces
     /// (PROTOCOL.md 8.5).
     pub(super) log_budget: LogBudget,
+    /// Failed authentications by address (`--auth-fail-limit`).
+    auth_failures: admission::AuthFailures,
 }
 
 /// Whether the server runs or is shutting down.
@@ -243,6 +260,7 @@ impl Server {
             closing_queue: Vec::new(),
             actions: Vec::new(),
             scratch: Vec::new(),
+            frame_starts: Vec::new(),
             counters: Counters::default(),
             now: Instant::now(),
             metrics_listener,
@@ -253,18 +271,31 @@ impl Server {
             unregistered: 0,
             reserve_fd: File::open("/dev/null").ok(),
             log_budget: LogBudget::new(log_budget::LINES_PER_SECOND),
+            auth_failures: admission::AuthFailures::default(),
         })
     }
 
-    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown,
-    /// a second ends the run at once. Call before [`Server::run`].
+    /// Handles SIGINT and SIGTERM (the first starts a graceful shutdown,
+    /// a second ends the run at once) and SIGHUP (reload the secret file).
+    /// Call before [`Server::run`].
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
+    }
+
+    /// Turns token authentication on with `keys` (the mode is
+    /// `config.auth.mode`; `off` ignores them).
+    pub fn set_auth_keys(&mut self, keys: crate::auth::Keys) {
+        let mode = self.config.auth.mode;
+        if mode != crate::auth::AuthMode::Off {
+            let kids: Vec<&str> = keys.kids().collect();
+            info!("authentication {}: keys {}", mode.as_str(), kids.join(", "));
+            self.relay.set_auth(Some(crate::relay::Auth { mode, keys }));
+        }
     }
 
     /// The address metrics are served on, if any.

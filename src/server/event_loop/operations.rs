@@ -4,14 +4,20 @@
 use super::*;
 
 impl Server {
-    /// Reads pending signals: the first starts a graceful shutdown, a
-    /// second one forces the exit.
+    /// Reads pending signals: SIGHUP reloads the secret file; of SIGINT
+    /// and SIGTERM the first starts a graceful shutdown, a second one forces
+    /// the exit.
     pub(super) fn on_signals(&mut self) -> Option<Exit> {
-        let count = self
+        let pending: Vec<i32> = self
             .signals
             .as_mut()
-            .map_or(0, |signals| signals.pending().count());
-        for _ in 0..count {
+            .map(|signals| signals.pending().collect())
+            .unwrap_or_default();
+        for signal in pending {
+            if signal == SIGHUP {
+                self.reload();
+                continue;
+            }
             match self.lifecycle {
                 Lifecycle::Running => self.begin_shutdown(),
                 Lifecycle::Draining { .. } => {
@@ -21,6 +27,22 @@ impl Server {
             }
         }
         None
+    }
+
+    /// SIGHUP: reads the secret file again; if it does not parse, the keys
+    /// in use stay (PROTOCOL.md section 9).
+    fn reload(&mut self) {
+        let Some(path) = self.config.auth.secret_file.clone() else {
+            info!("SIGHUP: nothing to reload (no --auth-secret-file)");
+            return;
+        };
+        match crate::config::load_keys(&path) {
+            Ok(keys) => {
+                info!("SIGHUP: reloaded {}", path.display());
+                self.set_auth_keys(keys);
+            }
+            Err(error) => error!("SIGHUP: {error}; the keys in use stay"),
+        }
     }
 
     /// Stops accepting, ends every call (CALL_END to both parties), and

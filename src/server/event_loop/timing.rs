@@ -98,7 +98,7 @@ impl Server {
         };
         if self.now >= deadline {
             let detail = format!("neither sent nor took a byte for {idle:?}");
-            self.begin_close(id, CloseReason::Error(ErrorCode::Timeout, detail));
+            self.begin_close(id, CloseReason::Idle(detail));
         } else {
             self.timers.arm(deadline, TimerKey::Liveness(id));
         }

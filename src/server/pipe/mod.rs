@@ -104,15 +104,21 @@ impl Server {
         let Some(peer) = self.media_peer(id) else {
             return Step::Done;
         };
-        let starts_frame = self.conn(id).is_some_and(|c| !c.parser.in_body());
-        let _ = self.write_piece(
-            Some(id),
-            peer,
-            &[],
-            0..run.len,
-            PieceKind::Media,
-            starts_frame,
-        );
+        // Where each frame of the run starts, so that what is queued of it
+        // can be dropped by age frame by frame (PROTOCOL.md 8.2).
+        let mut starts = std::mem::take(&mut self.frame_starts);
+        starts.clear();
+        if let Some(conn) = self.conn(id) {
+            let continued = usize::try_from(conn.parser.body_remaining()).unwrap_or(usize::MAX);
+            media_run_frame_starts(
+                conn.input.data(),
+                continued.min(run.len),
+                run.len,
+                &mut starts,
+            );
+        }
+        let _ = self.write_piece(Some(id), peer, &[], 0..run.len, PieceKind::Media, &starts);
+        self.frame_starts = starts;
         self.counters.media_frames_relayed += run.frames;
         self.counters.media_bytes_relayed += run.payload;
         if run.rest > 0 {
@@ -178,7 +184,7 @@ impl Server {
                     &out_header,
                     header..header + in_hand,
                     PieceKind::Media,
-                    true,
+                    &[0],
                 );
                 self.scratch = out_header;
                 self.counters.media_frames_relayed += 1;
@@ -238,7 +244,7 @@ impl Server {
                     view.framing,
                     &mut header,
                 );
-                let _ = self.write_piece(Some(id), to, &header, 0..0, PieceKind::Reliable, true);
+                let _ = self.write_piece(Some(id), to, &header, 0..0, PieceKind::Reliable, &[0]);
                 if data.len > 0 {
                     self.begin_body(id, to, BodyKind::File);
                 }
@@ -288,7 +294,7 @@ impl Server {
                         BodyKind::Media => PieceKind::Media,
                         BodyKind::File => PieceKind::Reliable,
                     };
-                    let _ = self.write_piece(Some(id), to, &[], 0..len, piece_kind, false);
+                    let _ = self.write_piece(Some(id), to, &[], 0..len, piece_kind, &[]);
                     let sent = outbound.sent() + len as u64;
                     self.set_outbound(id, Outbound::Body { to, kind, sent });
                 }
@@ -345,6 +351,9 @@ impl Server {
     /// nothing is queued (zero-copy; only what the socket refuses is
     /// copied), behind the queue, or into the frames held behind another
     /// sender's frame in progress. `from` is `None` for server frames.
+    /// `frame_starts` are the offsets (into header and payload) where frames
+    /// begin: what is queued keeps them, and what the socket took of a
+    /// frame makes the rest of it a frame that has begun to go out.
     pub(crate) fn write_piece(
         &mut self,
         from: Option<ConnId>,
@@ -352,7 +361,7 @@ impl Server {
         header: &[u8],
         payload: Range<usize>,
         kind: PieceKind,
-        starts_frame: bool,
+        frame_starts: &[usize],
     ) -> Placed {
         let Some(view) = self.receiver_view(to) else {
             return Placed::Nowhere;
@@ -361,7 +370,7 @@ impl Server {
         let meta = PieceMeta {
             kind,
             arrived: self.now,
-            starts_frame,
+            starts_frame: true,
         };
         let mut own_copy = None;
         let Server {
@@ -402,7 +411,7 @@ impl Server {
         let placed = match place {
             Placement::Hold => {
                 if let Some(held) = dst.inbound.held_mut() {
-                    held.push(&parts, meta);
+                    held.push_frames(&parts, frame_starts, meta);
                 }
                 counters.bytes_queued += total;
                 Placed::Held
@@ -418,7 +427,15 @@ impl Server {
                     let body_left = body
                         .get(written.saturating_sub(header.len())..)
                         .unwrap_or_default();
-                    dst.output.push(&[header_left, body_left], meta);
+                    // A frame the socket took part of has begun to go out:
+                    // its rest is no frame start (it must be finished).
+                    let rest_starts: Vec<usize> = frame_starts
+                        .iter()
+                        .filter(|at| **at >= written)
+                        .map(|at| at - written)
+                        .collect();
+                    dst.output
+                        .push_frames(&[header_left, body_left], &rest_starts, meta);
                     counters.bytes_queued += total - written as u64;
                 }
                 if matches!(result, SocketResult::Closed | SocketResult::Error) {
@@ -428,7 +445,7 @@ impl Server {
                 Placed::Output
             }
             Placement::Write | Placement::Queue => {
-                dst.output.push(&parts, meta);
+                dst.output.push_frames(&parts, frame_starts, meta);
                 counters.bytes_queued += total;
                 Placed::Output
             }
@@ -442,7 +459,7 @@ impl Server {
 
     /// Queues a frame the server built (in the receiver's framing) for `to`.
     pub(crate) fn enqueue(&mut self, to: ConnId, bytes: &[u8]) -> Placed {
-        self.write_piece(None, to, bytes, 0..0, PieceKind::Reliable, true)
+        self.write_piece(None, to, bytes, 0..0, PieceKind::Reliable, &[0])
     }
 
     /// Output was added to `to`: check the hard limit, schedule a flush.
@@ -685,5 +702,20 @@ impl Server {
             self.after_output(dest);
         }
         self.end_inbound(dest);
+    }
+}
+
+/// The offsets where the length-prefixed media frames of a run begin: the
+/// run's first `continued` bytes finish the frame in progress, then frames
+/// (`quint32 n` + n bytes) follow back to back up to `len`.
+fn media_run_frame_starts(input: &[u8], continued: usize, len: usize, starts: &mut Vec<usize>) {
+    let mut at = continued;
+    while at < len {
+        starts.push(at);
+        let Some(&[a, b, c, d]) = input.get(at..at + 4) else {
+            break;
+        };
+        let frame = usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX);
+        at = at.saturating_add(4).saturating_add(frame);
     }
 }

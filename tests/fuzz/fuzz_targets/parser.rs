@@ -25,6 +25,7 @@ use libfuzzer_sys::fuzz_target;
 
 const LIMITS: Limits = Limits {
     max_user_id: 16,
+    max_registration: 16,
     max_field: 64,
     max_text: 256,
     max_file: 4096,

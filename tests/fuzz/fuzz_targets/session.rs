@@ -47,6 +47,7 @@ const MAX_SLEEP: Duration = Duration::from_millis(6);
 
 const LIMITS: Limits = Limits {
     max_user_id: 16,
+    max_registration: 16,
     max_field: 64,
     max_text: 256,
     max_file: 4096,
