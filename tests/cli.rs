@@ -77,6 +77,13 @@ fn help_exits_0_and_names_every_option() {
             "--max-media",
             "--output-soft",
             "--output-hard",
+            "--media-max-delay",
+            "--send-lowat",
+            "--resume-window",
+            "--auth-secret-file",
+            "--auth",
+            "--auth-fail-limit",
+            "--ttl",
             "--version",
             "--help",
         ];
@@ -110,6 +117,16 @@ fn bad_options_exit_2_with_a_message() {
         &["--bogus"],
         &["--port"],
         &["stray"],
+        &["--auth", "require"],
+        &["--auth", "sometimes", "--auth-secret-file", "/dev/null"],
+        &["--auth-secret-file", "/nonexistent/callrelay.keys"],
+        &["--auth-secret-file", "/dev/null"],
+        &["--auth-fail-limit", "many"],
+        &["--send-lowat", "lots"],
+        &["--resume-window", "-3"],
+        &["token"],
+        &["token", "alice"],
+        &["token", "alice", "--auth-secret-file", "/dev/null"],
     ] {
         let run = run(args);
         assert_eq!(run.status.code(), Some(2), "{args:?}: {}", run.stderr);
