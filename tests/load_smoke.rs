@@ -618,6 +618,29 @@ fn media_with_a_slow_receiver_reports_the_share_and_the_delay_per_slice() {
     assert_eq!(num(&json, "errors"), 0.0, "{json}");
 }
 
+// Against a relay that requires tokens, `--secret-file` signs every
+// registration: calls and media run clean; without it the relay refuses.
+#[test]
+fn the_tool_registers_with_tokens_against_a_secured_relay() {
+    let keys = std::env::temp_dir().join(format!("callrelay-load-{}.keys", std::process::id()));
+    std::fs::write(&keys, "k1 a-secret-for-the-load-smoke-test\n").expect("write keys");
+    let keys = keys.to_str().expect("utf-8 path").to_owned();
+    let relay = RelayProcess::start(&["--auth-secret-file", &keys]);
+    for mode in ["calls --pairs 2", "media --size 200 --rate 50"] {
+        let run = run_at(
+            relay.addr(),
+            &format!("{mode} --duration 0.5 --warmup 0.2 --secret-file {keys}"),
+        );
+        assert_eq!(num(run.json(), "errors"), 0.0, "{run}");
+    }
+    let refused = run_at(relay.addr(), "calls --pairs 1 --duration 0.5 --warmup 0");
+    assert_ne!(
+        refused.code,
+        Some(0),
+        "a relay requiring tokens took bare ids: {refused}"
+    );
+}
+
 #[test]
 fn help_exits_0_and_names_every_option() {
     for flag in ["--help", "-h"] {
@@ -639,6 +662,7 @@ fn help_exits_0_and_names_every_option() {
             "--rx-rate",
             "--rcvbuf",
             "--slice",
+            "--secret-file",
             "--metrics",
             "--framing",
             "--target",

@@ -92,7 +92,7 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
                     encode_client(
                         &ClientMessage::Register {
                             kind: 7,
-                            user: user.clone(),
+                            user: crate::session::registration_string(&user),
                         },
                         options.framing,
                         &mut output,

@@ -250,6 +250,12 @@ fn options() -> Options {
         "mixed: the relay's metrics address, for the leak check at the end",
         "ADDR",
     );
+    opts.optopt(
+        "",
+        "secret-file",
+        "register with tokens signed with this secret file's first key (a relay run with --auth-secret-file)",
+        "FILE",
+    );
     opts.optflag("q", "quiet", "no progress lines on stderr");
     opts.optflag("j", "json", "print the result as one JSON object on stdout");
     opts.optflag("h", "help", "print this help and exit");
@@ -332,6 +338,11 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
     };
     if let Some(extra) = matches.free.get(1) {
         return Err(UsageError(format!("unexpected argument {extra:?}")));
+    }
+    if let Some(path) = matches.opt_str("secret-file") {
+        let keys = callrelay::config::load_keys(std::path::Path::new(&path))
+            .map_err(|error| UsageError(error.to_string()))?;
+        session::sign_registrations(keys);
     }
     let common =
         Common {

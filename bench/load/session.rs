@@ -57,7 +57,7 @@ impl Session {
         };
         session.send(&ClientMessage::Register {
             kind: 7,
-            user: user.to_owned(),
+            user: registration_string(user),
         })?;
         session.sync()?;
         Ok(session)
@@ -207,4 +207,28 @@ pub fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream>
     socket.set_recv_buffer_size(rcvbuf)?;
     socket.connect_timeout(&addr.into(), STEP_TIMEOUT)?;
     Ok(socket.into())
+}
+
+/// The keys that sign every registration of this run (`--secret-file`),
+/// set once at start-up. A process-wide value: the tool is one run of one
+/// mode, and every mode registers through [`registration_string`].
+static SIGNER: std::sync::OnceLock<callrelay::auth::Keys> = std::sync::OnceLock::new();
+
+/// Signs every registration from now on with the first key of `keys`.
+pub fn sign_registrations(keys: callrelay::auth::Keys) {
+    let _ = SIGNER.set(keys);
+}
+
+/// What registers `user`: the bare id, or with `--secret-file` a token for
+/// it valid for an hour (PROTOCOL.md section 9).
+pub fn registration_string(user: &str) -> String {
+    match SIGNER.get() {
+        Some(keys) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs());
+            keys.sign(user, now + 3600)
+        }
+        None => user.to_owned(),
+    }
 }
