@@ -138,8 +138,8 @@ impl Keys {
     pub fn parse(text: &str) -> Result<Keys, KeysError> {
         let mut keys: Vec<Key> = Vec::new();
         for (index, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let line = raw.trim_matches(|c: char| c.is_ascii_whitespace());
+            if line.is_empty() || raw.starts_with('#') {
                 continue;
             }
             let error = |what| KeysError {
@@ -147,9 +147,9 @@ impl Keys {
                 what,
             };
             let (kid, secret) = line
-                .split_once(char::is_whitespace)
+                .split_once(|c: char| c.is_ascii_whitespace())
                 .ok_or_else(|| error("expected `KID SECRET`"))?;
-            let secret = secret.trim();
+            let secret = secret.trim_matches(|c: char| c.is_ascii_whitespace());
             if !valid_kid(kid) {
                 return Err(error("the key id must be 1-16 of A-Z a-z 0-9 _ -"));
             }
@@ -224,7 +224,13 @@ impl<'a> TokenParts<'a> {
         if user.is_empty() || !valid_kid(kid) {
             return None;
         }
-        if expiry.is_empty() || !expiry.bytes().all(|b| b.is_ascii_digit()) {
+        // Decimal, canonical (no leading zero, at most 20 digits): one
+        // string per token, and tokens stay well below 256 bytes.
+        let canonical = !expiry.is_empty()
+            && expiry.len() <= 20
+            && expiry.bytes().all(|b| b.is_ascii_digit())
+            && (expiry == "0" || !expiry.starts_with('0'));
+        if !canonical {
             return None;
         }
         let expiry = expiry.parse().ok()?;
@@ -380,6 +386,8 @@ mod tests {
             "alice:1:k!:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "alice:1:k2:short",
             "alice:1:k2:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "alice:0100:k2:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "alice:123456789012345678901:k2:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             assert_eq!(keys.verify(bad, 0), Err(TokenError::Malformed), "{bad}");
         }

@@ -231,7 +231,7 @@ fn optional_mode_takes_bare_ids_but_never_over_a_token_holder() {
         "unknown key",
     );
     // A bare "alice" cannot take alice's place.
-    expect_unauthorized(&relay, "alice", "cannot replace");
+    expect_unauthorized(&relay, "alice", "token required");
     alice.barrier();
     bare.end(&call_id);
     alice.expect_end(&call_id);
@@ -291,9 +291,14 @@ fn hup(relay: &RelayProcess) {
 fn an_address_over_the_failure_limit_is_refused() {
     let file = secret_file("limit", &[FIRST]);
     let relay = relay(&file, &["--auth-fail-limit", "3"]);
+    // Opened before the failures: it registers only after the limit is
+    // passed, so even a valid token is refused then.
+    let mut early = relay.connect(LengthPrefixed);
     for _ in 0..4 {
         expect_unauthorized(&relay, "nobody", "malformed");
     }
+    early.register(&keys(&[FIRST]).sign("early", unix_now() + 600));
+    early.expect_error("unauthorized");
     relay.expect_log(&["unauthorized"]);
     let mut refused = relay.connect(LengthPrefixed);
     refused.expect_closed();

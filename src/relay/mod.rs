@@ -186,9 +186,8 @@ impl Refusal {
             Refusal::Unauthorized(TokenError::UnknownKey) => "token: unknown key",
             Refusal::Unauthorized(TokenError::BadSignature) => "token: bad signature",
             Refusal::Unauthorized(TokenError::Expired) => "token: expired",
-            Refusal::BareIdForTokenUser => {
-                "a bare id cannot replace a user registered with a token"
-            }
+            // Says no more than that a token is needed: not who is online.
+            Refusal::BareIdForTokenUser => "token required for this user id",
         }
     }
 }
@@ -290,8 +289,13 @@ impl Relay {
         let Some(auth) = &self.auth else {
             return Ok((bare()?, false));
         };
-        let string =
-            std::str::from_utf8(text).map_err(|_| Refusal::BadUserId(UserIdError::BadEncoding))?;
+        // With tokens required, anything that is not a valid token is
+        // unauthorized, even bytes that are no id at all.
+        let not_a_token = match auth.mode {
+            AuthMode::Require => Refusal::Unauthorized(TokenError::Malformed),
+            _ => Refusal::BadUserId(UserIdError::BadEncoding),
+        };
+        let string = std::str::from_utf8(text).map_err(|_| not_a_token)?;
         if auth.mode == AuthMode::Optional && !crate::auth::token_shaped(string) {
             let user = bare()?;
             if self.held_by_token(&user) {

@@ -143,6 +143,10 @@ impl Server {
 #[derive(Debug, Default)]
 pub(super) struct AuthFailures {
     by_address: HashMap<IpAddr, FailWindow>,
+    /// Entries after the last sweep of expired ones: the next sweep waits
+    /// until the map has doubled, so sweeping costs O(1) per failure
+    /// amortized, whatever the number of addresses.
+    swept_at: usize,
 }
 
 /// How long failures count.
@@ -163,8 +167,9 @@ impl AuthFailures {
     /// Counts a failure of `ip` at `now`; past `limit` in the window, the
     /// address is blocked.
     pub(super) fn record(&mut self, ip: IpAddr, now: Instant, limit: u32) {
-        if self.by_address.len() >= AUTH_FAIL_SWEEP {
+        if self.by_address.len() >= AUTH_FAIL_SWEEP.max(2 * self.swept_at) {
             self.by_address.retain(|_, window| !window.expired(now));
+            self.swept_at = self.by_address.len();
         }
         let window = self.by_address.entry(ip).or_insert(FailWindow {
             start: now,

@@ -107,6 +107,7 @@ impl Server {
             config,
             counters,
             now,
+            auth_failures,
             ..
         } = self;
         let Some(conn) = conns.get_mut(id.index()).filter(|c| c.id == id) else {
@@ -141,6 +142,20 @@ impl Server {
             Parsed::Stale { .. } => {
                 counters.media_dropped_stale += 1;
                 Step::Done
+            }
+            Parsed::Frame {
+                frame: ClientFrame::Register { .. },
+                ..
+            } if auth_failures.blocked(conn.addr.ip(), *now) => {
+                // Over the failure limit since it connected: refused before
+                // its token is even looked at.
+                let refusal = Refusal::Unauthorized(crate::auth::TokenError::Malformed);
+                let error = ProtocolError {
+                    code: refusal.code(),
+                    what: "too many failed authentications from this address",
+                };
+                self.protocol_error(id, error);
+                return Some(Flow::Stop);
             }
             Parsed::Frame {
                 frame: ClientFrame::Register { user, .. },
