@@ -8,6 +8,7 @@ use std::time::Duration;
 use getopts::Options;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::auth::{AuthMode, Keys};
 use crate::ids::USER_ID_MAX_BYTES;
@@ -122,6 +123,8 @@ pub struct Config {
     pub send_lowat: usize,
     /// Token authentication.
     pub auth: AuthOptions,
+    /// TLS on the client listener.
+    pub tls: TlsOptions,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -139,6 +142,7 @@ impl Default for Config {
             output_hard: DEFAULT_OUTPUT_HARD,
             send_lowat: DEFAULT_SEND_LOWAT,
             auth: AuthOptions::default(),
+            tls: TlsOptions::default(),
             timeouts: Timeouts::default(),
         }
     }
@@ -163,6 +167,42 @@ impl Default for AuthOptions {
             fail_limit: DEFAULT_AUTH_FAIL_LIMIT,
         }
     }
+}
+
+/// TLS options (PROTOCOL.md section 10).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// `--tls-cert`: the certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// `--tls-key`: its private key, PEM.
+    pub key: Option<PathBuf>,
+    /// `--require-tls`: plain connections get ERROR `tls_required`.
+    pub require: bool,
+}
+
+/// Loads the certificate chain and key (PEM) into a rustls server
+/// configuration (TLS 1.2 and 1.3, ring); the error names the file.
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let named = |path: &Path, what: String| ConfigError::new(format!("{}: {what}", path.display()));
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|error| named(cert, error.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|error| named(cert, error.to_string()))?;
+    if chain.is_empty() {
+        return Err(named(cert, "no certificate in the file".to_owned()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|error| named(key, error.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|error| named(cert, error.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|error| named(key, format!("does not go with the certificate: {error}")))?;
+    Ok(Arc::new(config))
 }
 
 /// `callrelay token`: what to sign.
@@ -371,6 +411,23 @@ fn options() -> Options {
     );
     opts.optopt(
         "",
+        "tls-cert",
+        "accept TLS too, on the same port (first bytes 16 03): certificate chain, PEM; SIGHUP reloads it",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "tls-key",
+        "the TLS certificate's private key, PEM",
+        "FILE",
+    );
+    opts.optflag(
+        "",
+        "require-tls",
+        "plain connections get ERROR tls_required and are closed",
+    );
+    opts.optopt(
+        "",
         "ttl",
         "token: seconds the printed token is valid (default 86400)",
         "SECS",
@@ -500,6 +557,19 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         ));
     }
     read_auth(&matches, &mut config)?;
+    config.tls = TlsOptions {
+        cert: matches.opt_str("tls-cert").map(PathBuf::from),
+        key: matches.opt_str("tls-key").map(PathBuf::from),
+        require: matches.opt_present("require-tls"),
+    };
+    if config.tls.cert.is_some() != config.tls.key.is_some() {
+        return Err(ConfigError::new("--tls-cert and --tls-key go together"));
+    }
+    if config.tls.require && config.tls.cert.is_none() {
+        return Err(ConfigError::new(
+            "--require-tls needs --tls-cert and --tls-key",
+        ));
+    }
     read_size(&matches, "output-soft", &mut config.output_soft, false)?;
     read_size(&matches, "send-lowat", &mut config.send_lowat, true)?;
     if u32::try_from(config.send_lowat).is_err() {

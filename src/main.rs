@@ -34,6 +34,16 @@ fn main() -> ExitCode {
         }
         None => None,
     };
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => match config::load_tls(cert, key) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                eprintln!("callrelay: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
@@ -51,6 +61,9 @@ fn main() -> ExitCode {
     };
     if let Some(keys) = keys {
         server.set_auth_keys(keys);
+    }
+    if let Some(tls) = tls {
+        server.set_tls(tls);
     }
     if let Err(error) = server.handle_signals() {
         eprintln!("callrelay: cannot handle signals: {error}");

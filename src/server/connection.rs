@@ -204,7 +204,7 @@ impl Connection {
     /// non-empty interest; a paused connection is simply not read), plus
     /// writable while output waits.
     pub fn wanted_interest(&self) -> Interest {
-        if self.output.is_empty() {
+        if self.output.is_empty() && !self.transport.wants_write() {
             Interest::READABLE
         } else {
             Interest::READABLE | Interest::WRITABLE
@@ -276,6 +276,11 @@ impl Connection {
     /// (taken bytes count as progress at `now`). Returns false if the
     /// socket failed (the peer is gone).
     pub fn flush(&mut self, now: Instant) -> bool {
+        // TLS records of earlier writes (or of the handshake) go first.
+        if !self.transport.flush_pending() {
+            self.read_side = ReadSide::Eof;
+            return false;
+        }
         while !self.output.is_empty() {
             let (count, result) = self.transport.write(&[self.output.pending()]);
             self.output.advance(count);

@@ -90,7 +90,7 @@ impl Server {
             send_lowat: u32::try_from(self.config.send_lowat).unwrap_or(u32::MAX),
         };
         for (stream, addr) in std::mem::take(&mut self.accepted) {
-            let (mut transport, failures) = Transport::plain(stream, &tuning);
+            let (mut transport, failures) = Transport::accepted(stream, &tuning, self.tls.clone());
             for (option, error) in failures {
                 debug!("{addr}: {option} failed: {error}");
             }

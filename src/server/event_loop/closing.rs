@@ -105,7 +105,7 @@ impl Server {
         let Life::Closing { deadline, write } = conn.life else {
             return;
         };
-        if !conn.output.is_empty() {
+        if !conn.output.is_empty() || conn.transport.wants_write() {
             return;
         }
         if write == WriteEnd::Flushing {

@@ -62,7 +62,15 @@ impl Server {
             if reads == READS_PER_TURN {
                 break;
             }
-            match conn.read_some(pool, max_input) {
+            let outcome = conn.read_some(pool, max_input);
+            if conn.transport.wants_write() {
+                // TLS handshake records to write: flush and watch for room.
+                self.mark_dirty(id);
+            }
+            let Some(conn) = self.conns.get_mut(id.index()).filter(|c| c.id == id) else {
+                return;
+            };
+            match outcome {
                 ReadOutcome::Read(_) => conn.last_progress = now,
                 ReadOutcome::WouldBlock => return,
                 ReadOutcome::Closed => {}
@@ -123,6 +131,15 @@ impl Server {
         }
         if conn.input.is_empty() || conn.parser.choose_framing(conn.input.data()).is_none() {
             return Some(Flow::ReadMore);
+        }
+        if config.tls.require && conn.transport.is_plain() {
+            // Told in its own framing, now that it has one.
+            let error = ProtocolError {
+                code: ErrorCode::TlsRequired,
+                what: "this relay takes TLS connections only",
+            };
+            self.protocol_error(id, error);
+            return Some(Flow::Stop);
         }
         let context = ParseContext {
             limits: &config.limits,

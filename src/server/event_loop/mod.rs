@@ -182,6 +182,8 @@ pub struct Server {
     pub(super) log_budget: LogBudget,
     /// Failed authentications by address (`--auth-fail-limit`).
     auth_failures: admission::AuthFailures,
+    /// The TLS configuration new connections get, if TLS is on.
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Whether the server runs or is shutting down.
@@ -272,6 +274,7 @@ impl Server {
             reserve_fd: File::open("/dev/null").ok(),
             log_budget: LogBudget::new(log_budget::LINES_PER_SECOND),
             auth_failures: admission::AuthFailures::default(),
+            tls: None,
         })
     }
 
@@ -296,6 +299,11 @@ impl Server {
             info!("authentication {}: keys {}", mode.as_str(), kids.join(", "));
             self.relay.set_auth(Some(crate::relay::Auth { mode, keys }));
         }
+    }
+
+    /// Turns TLS on for new connections (PROTOCOL.md section 10).
+    pub fn set_tls(&mut self, config: std::sync::Arc<rustls::ServerConfig>) {
+        self.tls = Some(config);
     }
 
     /// The address metrics are served on, if any.

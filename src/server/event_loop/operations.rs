@@ -32,16 +32,27 @@ impl Server {
     /// SIGHUP: reads the secret file again; if it does not parse, the keys
     /// in use stay (PROTOCOL.md section 9).
     fn reload(&mut self) {
-        let Some(path) = self.config.auth.secret_file.clone() else {
-            info!("SIGHUP: nothing to reload (no --auth-secret-file)");
-            return;
-        };
-        match crate::config::load_keys(&path) {
-            Ok(keys) => {
-                info!("SIGHUP: reloaded {}", path.display());
-                self.set_auth_keys(keys);
+        if let Some(path) = self.config.auth.secret_file.clone() {
+            match crate::config::load_keys(&path) {
+                Ok(keys) => {
+                    info!("SIGHUP: reloaded {}", path.display());
+                    self.set_auth_keys(keys);
+                }
+                Err(error) => error!("SIGHUP: {error}; the keys in use stay"),
             }
-            Err(error) => error!("SIGHUP: {error}; the keys in use stay"),
+        }
+        let tls = &self.config.tls;
+        if let (Some(cert), Some(key)) = (tls.cert.clone(), tls.key.clone()) {
+            match crate::config::load_tls(&cert, &key) {
+                Ok(config) => {
+                    info!(
+                        "SIGHUP: reloaded {} (new handshakes use it)",
+                        cert.display()
+                    );
+                    self.set_tls(config);
+                }
+                Err(error) => error!("SIGHUP: {error}; the certificate in use stays"),
+            }
         }
     }
 
