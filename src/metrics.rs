@@ -51,6 +51,11 @@ pub struct Counters {
     /// Connections refused because their address failed authentication
     /// too often (`--auth-fail-limit`).
     pub auth_refused: u64,
+    /// TLS connections accepted (the first bytes were a TLS record).
+    pub tls_accepted: u64,
+    /// TLS handshakes that failed (bad records, an alert, or the peer
+    /// leaving mid-handshake).
+    pub tls_handshake_failures: u64,
 }
 
 /// The reasons an authentication fails, as metrics labels.
@@ -116,6 +121,8 @@ pub struct Snapshot<'a> {
     pub paused: usize,
     /// Bytes waiting in write queues.
     pub queued_bytes: usize,
+    /// Open connections speaking TLS.
+    pub tls_connections: usize,
 }
 
 struct Writer {
@@ -335,6 +342,35 @@ pub fn render_prometheus(snapshot: &Snapshot<'_>) -> String {
             count,
         );
     }
+    out.family(
+        "connections_by_transport",
+        "gauge",
+        "Open connections by transport (undecided: TLS offered, first bytes not in yet).",
+    );
+    out.value(
+        "connections_by_transport",
+        "transport=\"tls\"",
+        snapshot.tls_connections as u64,
+    );
+    out.value(
+        "connections_by_transport",
+        "transport=\"plain\"",
+        snapshot
+            .connections
+            .saturating_sub(snapshot.tls_connections) as u64,
+    );
+    out.single(
+        "tls_accepted_total",
+        "counter",
+        "TLS connections accepted.",
+        counters.tls_accepted,
+    );
+    out.single(
+        "tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed.",
+        counters.tls_handshake_failures,
+    );
     out.single(
         "auth_refused_total",
         "counter",
@@ -393,6 +429,7 @@ mod tests {
             calls_active: 1,
             paused: 0,
             queued_bytes: 0,
+            tls_connections: 1,
         });
         let mut declared = Vec::new();
         for line in text.lines() {

@@ -358,3 +358,112 @@ fn sighup_loads_a_new_certificate_for_new_handshakes() {
         }
     );
 }
+
+impl TlsClient {
+    /// Exactly the next `count` bytes.
+    fn read_exact_bytes(&mut self, count: usize) -> Vec<u8> {
+        let deadline = Instant::now() + WAIT;
+        while self.buffer.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {count} bytes within {WAIT:?}",
+                self.buffer.len()
+            );
+            self.stream
+                .sock
+                .set_read_timeout(Some(left))
+                .expect("timeout");
+            let mut chunk = vec![0u8; 256 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the relay closed the TLS connection"),
+                Ok(got) => self.buffer.extend_from_slice(&chunk[..got]),
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(error) => panic!("TLS read: {error}"),
+            }
+        }
+        self.buffer.drain(..count).collect()
+    }
+}
+
+// A 4 MiB FILE each way between a TLS and a plain client arrives byte-exact:
+// cut-through through one encryption or decryption, with backpressure.
+#[test]
+fn a_file_crosses_between_tls_and_plain_byte_exact() {
+    let pki = Pki::new("file");
+    let relay = start(&pki.args("server"));
+    let alice = TlsClient::online(&relay, &pki, "alice", LengthPrefixed);
+    let mut bob = relay.client("bob", LengthPrefixed);
+    let data = common::pattern(4 << 20);
+    let sent = common::file_message(LengthPrefixed, "bob", "to-plain.bin", &data);
+    // The TLS session is one object: a thread owns it while it writes.
+    let sending = std::thread::spawn(move || {
+        let mut alice = alice;
+        alice
+            .stream
+            .write_all(&sent)
+            .expect("TLS write of the FILE");
+        alice.stream.flush().expect("flush");
+        alice
+    });
+    bob.expect_bytes(&common::file_frame_bytes(
+        LengthPrefixed,
+        "alice",
+        "to-plain.bin",
+        &data,
+    ));
+    let mut alice = sending.join().expect("alice's writer");
+    let back = common::file_message(LengthPrefixed, "alice", "to-tls.bin", &data);
+    let writer = bob.send_in_background(back);
+    let expected = common::file_frame_bytes(LengthPrefixed, "bob", "to-tls.bin", &data);
+    let got = alice.read_exact_bytes(expected.len());
+    writer.join().expect("bob's writer");
+    assert!(got == expected, "the FILE arrived changed over TLS");
+}
+
+// A handshake that never finishes is closed at the registration timeout;
+// failed handshakes are counted.
+#[test]
+fn a_handshake_that_never_finishes_is_closed_at_the_registration_timeout() {
+    let pki = Pki::new("stall");
+    let mut args = pki.args("server");
+    args.extend([
+        "--register-timeout".into(),
+        "0.5".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let relay = start(&args);
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(relay.addr()).expect("connect");
+    // The start of a TLS record, and nothing more.
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("write");
+    stalled.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut sink = Vec::new();
+    let _ = stalled.read_to_end(&mut sink);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(450),
+        "closed after {waited:?}"
+    );
+    assert!(waited < WAIT, "never closed");
+    let mut garbage = TcpStream::connect(relay.addr()).expect("connect");
+    // A handshake record holding a message of a type that does not exist.
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0x04, 0xff, 0x00, 0x00, 0x00])
+        .expect("write");
+    let _ = garbage.read_to_end(&mut sink);
+    relay.expect_log(&["TLS handshake failed"]);
+    let metrics = common::scrape(relay.metrics_addr());
+    assert!(
+        common::sample(&metrics, "callrelay_tls_handshake_failures_total") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        common::sample(&metrics, "callrelay_tls_accepted_total") >= 2,
+        "{metrics}"
+    );
+}

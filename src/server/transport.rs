@@ -133,6 +133,11 @@ impl Transport {
         }
     }
 
+    /// True for a TLS connection whose handshake is not complete.
+    pub fn handshaking(&self) -> bool {
+        matches!(&self.layer, Layer::Tls(session) if session.is_handshaking())
+    }
+
     /// True for a TLS connection.
     pub fn is_tls(&self) -> bool {
         matches!(self.layer, Layer::Tls(_))
@@ -243,31 +248,56 @@ fn tls_read(
     }
 }
 
-/// Encrypts `parts` (as much as the rustls buffer takes), then writes
-/// records to the socket until it would block.
+/// Encrypts `parts` and writes the records, a rustls buffer at a time,
+/// until all is taken or the socket would block (only then may the caller
+/// wait for writability: an edge comes only once the socket was full).
 fn tls_write(
     session: &mut ServerConnection,
     tcp: &mut TcpStream,
     parts: &[&[u8]],
 ) -> (usize, SocketResult) {
-    let mut taken = 0;
-    for part in parts {
-        match session.writer().write(part) {
-            Ok(count) => {
-                taken += count;
-                if count < part.len() {
-                    break;
-                }
-            }
-            Err(_) => return (taken, SocketResult::Error),
-        }
-    }
     let total: usize = parts.iter().map(|part| part.len()).sum();
-    match tls_flush(session, tcp) {
-        SocketResult::Error => (taken, SocketResult::Error),
-        SocketResult::Closed => (taken, SocketResult::Closed),
-        _ if taken < total => (taken, SocketResult::WouldBlock),
-        _ => (taken, SocketResult::Continue),
+    let mut taken = 0;
+    loop {
+        let before = taken;
+        let mut skip = taken;
+        for part in parts {
+            let rest = match part.get(skip..) {
+                Some(rest) => rest,
+                None => {
+                    skip -= part.len();
+                    continue;
+                }
+            };
+            skip = 0;
+            match session.writer().write(rest) {
+                Ok(count) => {
+                    taken += count;
+                    if count < rest.len() {
+                        break;
+                    }
+                }
+                Err(_) => return (taken, SocketResult::Error),
+            }
+        }
+        match tls_flush(session, tcp) {
+            // rustls took nothing with its buffer empty: it will not
+            // (the session is closing); the caller stops here.
+            SocketResult::Continue if taken == before && taken < total => {
+                return (taken, SocketResult::Error);
+            }
+            SocketResult::Continue if taken < total => continue,
+            SocketResult::Continue => return (taken, SocketResult::Continue),
+            SocketResult::WouldBlock => {
+                let result = if taken < total {
+                    SocketResult::WouldBlock
+                } else {
+                    SocketResult::Continue
+                };
+                return (taken, result);
+            }
+            other => return (taken, other),
+        }
     }
 }
 

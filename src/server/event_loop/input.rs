@@ -62,7 +62,18 @@ impl Server {
             if reads == READS_PER_TURN {
                 break;
             }
+            let was_sniffing = !conn.transport.is_tls() && !conn.transport.is_plain();
             let outcome = conn.read_some(pool, max_input);
+            let (tls, handshaking) = (conn.transport.is_tls(), conn.transport.handshaking());
+            if was_sniffing && tls {
+                self.counters.tls_accepted += 1;
+            }
+            if handshaking && matches!(outcome, ReadOutcome::Closed | ReadOutcome::Error) {
+                self.tls_handshake_failed(id);
+            }
+            let Some(conn) = self.conns.get_mut(id.index()).filter(|c| c.id == id) else {
+                return;
+            };
             if conn.transport.wants_write() {
                 // TLS handshake records to write: flush and watch for room.
                 self.mark_dirty(id);
@@ -258,6 +269,16 @@ impl Server {
         })?;
         self.pause(id, over, PausedAt::FrameStart);
         Some(Flow::Stop)
+    }
+
+    /// A TLS handshake of `id` failed: counted, and logged within the log
+    /// budget (PROTOCOL.md 10, 8.5).
+    fn tls_handshake_failed(&mut self, id: ConnId) {
+        self.counters.tls_handshake_failures += 1;
+        let level = self.budgeted("tls_handshake", log::Level::Warn);
+        if let Some(conn) = self.conn(id) {
+            log!(level, "{id} ({}): TLS handshake failed", conn.addr);
+        }
     }
 
     /// An authentication failure of `id`: counted by reason, and against

@@ -83,8 +83,9 @@ impl Server {
     /// The counters and gauges, read now.
     pub(super) fn snapshot(&self) -> Snapshot<'_> {
         let (calls_ringing, calls_active) = self.relay.call_counts();
-        let (mut paused, mut queued_bytes) = (0, 0);
+        let (mut paused, mut queued_bytes, mut tls_connections) = (0, 0, 0);
         for (_, conn) in &self.conns {
+            tls_connections += usize::from(conn.transport.is_tls());
             paused += usize::from(conn.outbound.paused_on().is_some());
             queued_bytes += conn.output.len() + conn.inbound.held_len();
         }
@@ -98,6 +99,7 @@ impl Server {
             calls_active,
             paused,
             queued_bytes,
+            tls_connections,
         }
     }
 

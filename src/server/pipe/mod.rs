@@ -469,7 +469,9 @@ impl Server {
             return;
         };
         let total = dst.output.len() + dst.inbound.held_len();
-        let (pending, closing) = (!dst.output.is_empty(), dst.is_closing());
+        // TLS records the socket did not take count as pending output too.
+        let pending = !dst.output.is_empty() || dst.transport.wants_write();
+        let closing = dst.is_closing();
         if pending {
             self.mark_dirty(to);
         }
