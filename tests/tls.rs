@@ -393,10 +393,24 @@ impl TlsClient {
 fn a_file_crosses_between_tls_and_plain_byte_exact() {
     let pki = Pki::new("file");
     let relay = start(&pki.args("server"));
-    let alice = TlsClient::online(&relay, &pki, "alice", LengthPrefixed);
-    let mut bob = relay.client("bob", LengthPrefixed);
+    for (index, framing) in [LengthPrefixed, Seed].into_iter().enumerate() {
+        let (alice_id, bob_id) = (format!("alice{index}"), format!("bob{index}"));
+        file_both_ways(&relay, &pki, framing, &alice_id, &bob_id);
+    }
+}
+
+/// `alice` (TLS, `framing`) and `bob` (plain, the other framing) send each
+/// other a 4 MiB FILE.
+fn file_both_ways(relay: &RelayProcess, pki: &Pki, framing: Framing, alice_id: &str, bob_id: &str) {
+    let bob_framing = if framing == Seed {
+        LengthPrefixed
+    } else {
+        Seed
+    };
+    let alice = TlsClient::online(relay, pki, alice_id, framing);
+    let mut bob = relay.client(bob_id, bob_framing);
     let data = common::pattern(4 << 20);
-    let sent = common::file_message(LengthPrefixed, "bob", "to-plain.bin", &data);
+    let sent = common::file_message(framing, bob_id, "to-plain.bin", &data);
     // The TLS session is one object: a thread owns it while it writes.
     let sending = std::thread::spawn(move || {
         let mut alice = alice;
@@ -408,15 +422,15 @@ fn a_file_crosses_between_tls_and_plain_byte_exact() {
         alice
     });
     bob.expect_bytes(&common::file_frame_bytes(
-        LengthPrefixed,
-        "alice",
+        bob_framing,
+        alice_id,
         "to-plain.bin",
         &data,
     ));
     let mut alice = sending.join().expect("alice's writer");
-    let back = common::file_message(LengthPrefixed, "alice", "to-tls.bin", &data);
+    let back = common::file_message(bob_framing, alice_id, "to-tls.bin", &data);
     let writer = bob.send_in_background(back);
-    let expected = common::file_frame_bytes(LengthPrefixed, "bob", "to-tls.bin", &data);
+    let expected = common::file_frame_bytes(framing, bob_id, "to-tls.bin", &data);
     let got = alice.read_exact_bytes(expected.len());
     writer.join().expect("bob's writer");
     assert!(got == expected, "the FILE arrived changed over TLS");
