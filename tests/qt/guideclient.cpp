@@ -4,7 +4,33 @@
 #include <QCoreApplication>
 #include <QElapsedTimer>
 #include <QEventLoop>
+#include <QSslConfiguration>
+#include <QSslSocket>
+#include <QTextStream>
 #include <QTimer>
+
+namespace {
+bool g_tls = false;
+QList<QSslCertificate> g_tlsCa;
+}  // namespace
+
+bool enableTls(const QString &caPath, QString *error)
+{
+    if (!QSslSocket::supportsSsl()) {
+        *error = QStringLiteral("QSslSocket::supportsSsl() is false: Qt found no usable TLS library "
+                                "(Qt %1 was built against %2; install the matching libssl, e.g. "
+                                "`apt-get install libssl3`)")
+                     .arg(QString::fromLatin1(qVersion()), QSslSocket::sslLibraryBuildVersionString());
+        return false;
+    }
+    g_tlsCa = QSslCertificate::fromPath(caPath, QSsl::Pem, QSslCertificate::PatternSyntax::FixedString);
+    if (g_tlsCa.isEmpty()) {
+        *error = QStringLiteral("no PEM certificate in %1").arg(caPath);
+        return false;
+    }
+    g_tls = true;
+    return true;
+}
 
 Progress &Progress::instance()
 {
@@ -32,8 +58,26 @@ bool waitUntil(const std::function<bool()> &done, int timeoutMs)
 }
 
 GuideClient::GuideClient(const QString &n, bool f, QObject *parent)
-    : QObject(parent), socket(new QTcpSocket(this)), name(n), framed(f)
+    : QObject(parent), socket(g_tls ? new QSslSocket(this) : new QTcpSocket(this)), name(n), framed(f)
 {
+    if (g_tls) {
+        auto *ssl = static_cast<QSslSocket *>(socket);
+        QSslConfiguration config = ssl->sslConfiguration();
+        config.setCaCertificates(g_tlsCa);  // the test CA only, not the system's
+        config.setPeerVerifyMode(QSslSocket::VerifyPeer);
+        config.setProtocol(QSsl::TlsV1_2OrLater);
+        ssl->setSslConfiguration(config);
+        connect(ssl, &QSslSocket::encrypted, &Progress::instance(), &Progress::changed);
+        connect(ssl, &QAbstractSocket::errorOccurred, this, [this, ssl](QAbstractSocket::SocketError) {
+            QTextStream(stderr) << name << ": TLS socket error: " << ssl->errorString() << '\n';
+        });
+        // Not ignored: any verification error aborts the handshake.
+        connect(ssl, QOverload<const QList<QSslError> &>::of(&QSslSocket::sslErrors), this,
+                [this](const QList<QSslError> &errors) {
+                    for (const QSslError &error : errors)
+                        QTextStream(stderr) << name << ": TLS verification error: " << error.errorString() << '\n';
+                });
+    }
     connect(socket, &QTcpSocket::readyRead, this, &GuideClient::onReadyRead);
     connect(socket, &QTcpSocket::disconnected, this, &GuideClient::onDisconnected);
 }
@@ -45,8 +89,22 @@ void GuideClient::onDisconnected()
 
 bool GuideClient::connectTo(const QString &host, quint16 port)
 {
-    socket->connectToHost(host, port);
-    return socket->waitForConnected(10000);
+    if (!g_tls) {
+        socket->connectToHost(host, port);
+        return socket->waitForConnected(10000);
+    }
+    // Runs the event loop (the other clients keep reading) until the
+    // handshake is done or the socket gave up.
+    auto *ssl = static_cast<QSslSocket *>(socket);
+    ssl->connectToHostEncrypted(host, port);
+    bool settled = waitUntil([ssl]() {
+        return ssl->isEncrypted() || ssl->state() == QAbstractSocket::UnconnectedState;
+    });
+    if (settled && ssl->isEncrypted())
+        return true;
+    QTextStream(stderr) << name << ": TLS connection to " << host << ':' << port << " failed: "
+                        << (settled ? ssl->errorString() : QStringLiteral("no encrypted() within 10 s")) << '\n';
+    return false;
 }
 
 // The guide writes each message into a QByteArray with QDataStream and

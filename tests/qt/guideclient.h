@@ -12,6 +12,12 @@
 // one message per readyRead, handleServerMessage() loops while complete
 // messages remain (the relay may coalesce several into one read) and keeps an
 // incomplete one (a large FILE) for the next readyRead.
+//
+// TLS mode (`qtclient scenario NAME HOST PORT --tls CA.pem`, enableTls()):
+// every client's socket is a QSslSocket (a QTcpSocket, so the rest of the
+// code is unchanged) that connects with connectToHostEncrypted, trusts only
+// the CA in that file, verifies the relay's certificate and host name, and
+// is "connected" only once encrypted() has been emitted.
 #pragma once
 
 #include <QByteArray>
@@ -33,6 +39,11 @@ public:
 signals:
     void changed();
 };
+
+// Switches every GuideClient made afterwards to TLS with `caPath` (PEM) as
+// the only CA. False, with the reason in `error`, when Qt has no TLS
+// backend (libssl not loadable) or the file holds no certificate.
+bool enableTls(const QString &caPath, QString *error);
 
 // Runs the event loop until `done()` holds or `timeoutMs` passes.
 bool waitUntil(const std::function<bool()> &done, int timeoutMs = 10000);
@@ -62,7 +73,8 @@ class GuideClient : public QObject {
 public:
     GuideClient(const QString &name, bool framed, QObject *parent = nullptr);
 
-    // Connects and waits for `connected` (false on failure or timeout).
+    // Connects and waits for `connected` (in TLS mode: for `encrypted`);
+    // false on failure or timeout, with the reason on stderr in TLS mode.
     bool connectTo(const QString &host, quint16 port);
 
     // The guide's functions.
