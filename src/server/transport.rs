@@ -260,25 +260,30 @@ fn tls_write(
     let mut taken = 0;
     loop {
         let before = taken;
+        // One vectored write, so that a frame's header and payload travel in
+        // one TLS record: Qt's QSslSocket signals readyRead per record, and
+        // the guide's client reads one message per readyRead (a seed media
+        // frame split in two records would reach it as two frames).
         let mut skip = taken;
+        let mut slices = [io::IoSlice::new(&[]); 4];
+        let mut used = 0;
         for part in parts {
-            let rest = match part.get(skip..) {
-                Some(rest) => rest,
-                None => {
-                    skip -= part.len();
-                    continue;
-                }
-            };
-            skip = 0;
-            match session.writer().write(rest) {
-                Ok(count) => {
-                    taken += count;
-                    if count < rest.len() {
-                        break;
-                    }
-                }
-                Err(_) => return (taken, SocketResult::Error),
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
             }
+            if let Some(slot) = slices.get_mut(used) {
+                *slot = io::IoSlice::new(part.get(skip..).unwrap_or_default());
+                used += 1;
+            }
+            skip = 0;
+        }
+        match session
+            .writer()
+            .write_vectored(slices.get(..used).unwrap_or_default())
+        {
+            Ok(count) => taken += count,
+            Err(_) => return (taken, SocketResult::Error),
         }
         match tls_flush(session, tcp) {
             // rustls took nothing with its buffer empty: it will not
