@@ -33,6 +33,10 @@ FLOOD_1K = [(framing, pairs) for framing in ("seed", "framed") for pairs in (1, 
 TARGETS = ("relay", "direct", "pipe")
 PACED = "paced160-framed-p1000"
 FLOOD_64K = "flood64k-framed-p10"
+# The 1 KiB flood over TLS (framed): relay with TLS clients, the same relay with plain clients, HAProxy with TLS
+# on both sides.
+TLS_1K = [(pairs, f"tls1k-framed-p{pairs}") for pairs in (1, 100)]
+TLS_TARGETS = (("relay", "relay, TLS clients"), ("plain", "relay, plain clients"), ("pipe", "HAProxy, TLS both sides"))
 
 
 # ---------------------------------------------------------------- loading
@@ -201,12 +205,12 @@ MEDIA_HEADER = [
 ]
 
 
-def media_row(label, target, group, digits):
+def media_row(label, target, group, digits, target_label=None):
     server = target != "direct"
     dash = "-"
     return [
         label,
-        {"pipe": "pipe (HAProxy)"}.get(target, target),
+        target_label or {"pipe": "pipe (HAProxy)"}.get(target, target),
         fmt(group.get("delivered_mibps"), 1),
         fmt(group.get("delivered_fps"), 0),
         fmt(group.get("frames_sent")),
@@ -301,7 +305,8 @@ def build(machine, runs, order, out_dir):
     add("")
     add("The load tool (one thread), the relay (one thread) and HAProxy (`nbthread 1`) share these CPUs. Every "
         "media and calls figure comes from a 5 s window after 1 s of warm-up; idle holds 5 s. "
-        f"The relay and HAProxy runs of the 1 KiB flood and paced audio scenarios were made {repeat} times each, "
+        f"The relay and HAProxy runs of the 1 KiB flood (plain and TLS) and paced audio scenarios were made {repeat} "
+        "times each, "
         "interleaved, and the tables show the median run (by server CPU per GiB, or per frame), with every run's "
         "value under *every run*. "
         + ("The benchmark processes ran at normal priority (`BENCH_NICE=-10 make bench` raises it)."
@@ -377,6 +382,14 @@ def build(machine, runs, order, out_dir):
         f"the last 5 s {fmt(relay_slices[-1] if relay_slices else None, 0)} ms < 1500 and not growing "
         f"(per slice: {' / '.join(fmt(v, 0) for v in relay_slices) or '-'} ms); HAProxy per slice: "
         f"{' / '.join(fmt(v, 0) for v in pipe_slices) or '-'} ms"))
+    for pairs, prefix in TLS_1K:
+        relay, pipe = group(prefix, "relay"), group(prefix, "pipe")
+        r = ratio(relay.get(*gib), pipe.get(*gib))
+        checks.append(verdict(
+            relay.all_ok and pipe.all_ok and r is not None and r <= 1.0,
+            f"(e) 1 KiB flood over TLS, framed, {plural(pairs, 'pair')}: relay {fmt(relay.get(*gib), 3)} vs HAProxy "
+            f"(TLS on both sides) {fmt(pipe.get(*gib), 3)} CPU-s/GiB, ratio **{fmt(r, 2)}** ≤ 1.0 (every run: relay "
+            f"{relay.values(3)}; HAProxy {pipe.values(3)})" + problem(relay, pipe)))
     lines.extend(checks)
     add("")
 
@@ -409,6 +422,23 @@ def build(machine, runs, order, out_dir):
         fmt(ratio(relay.get("delivered_fps"), direct.get("delivered_fps")), 2),
         fmt(ratio(relay.get("latency_us", "p99"), direct.get("latency_us", "p99")), 2),
     ]]))
+    add("")
+
+    rows = []
+    for pairs, prefix in TLS_1K:
+        relay, plain, pipe = group(prefix, "relay"), group(prefix, "plain"), group(prefix, "pipe")
+        plain_pipe = group(f"flood1k-framed-p{pairs}", "pipe")
+        rows.append([
+            f"1 KiB flood over TLS, framed, {plural(pairs, 'pair')}",
+            fmt(ratio(relay.get(*gib), pipe.get(*gib)), 2),
+            fmt(ratio(relay.get(*gib), plain.get(*gib)), 2),
+            fmt(ratio(pipe.get(*gib), plain_pipe.get(*gib)), 2),
+            fmt(ratio(relay.get(*mibps), plain.get(*mibps)), 2),
+        ])
+    add(table(["TLS scenario", "relay TLS CPU-s/GiB ÷ HAProxy TLS CPU-s/GiB",
+               "relay TLS CPU-s/GiB ÷ relay plain CPU-s/GiB",
+               "HAProxy TLS CPU-s/GiB ÷ HAProxy plain CPU-s/GiB (the plain 1 KiB flood)",
+               "relay TLS MiB/s ÷ relay plain MiB/s"], rows))
     add("")
 
     add("## Reference figures from the issue (another machine, for context)")
@@ -445,6 +475,21 @@ def build(machine, runs, order, out_dir):
     add("")
     add(table(MEDIA_HEADER, [media_row("10 pairs, 64 KiB", target, group(FLOOD_64K, target),
                                        3 if target != "direct" else 0) for target in TARGETS]))
+    add("")
+
+    add("## Media: 1 KiB frames flat out over TLS, framed")
+    add("")
+    add("The relay runs with `--tls-cert`/`--tls-key` and the tool's clients with `--tls --tls-ca` (rustls, ring, "
+        "TLS 1.3, P-256 certificates made by run.sh with openssl); *relay, plain clients* is the same relay process "
+        "with plain clients on the same port, interleaved. HAProxy bridges TLS on both sides: `bind ... ssl crt` on "
+        "the frontend and `server ... ssl verify none` to the tool's sink, which accepts TLS (`--sink-cert`), so "
+        "HAProxy decrypts and encrypts every byte, like the relay. *every run*: server CPU s/GiB of each run.")
+    add("")
+    rows = []
+    for pairs, prefix in TLS_1K:
+        for target, label in TLS_TARGETS:
+            rows.append(media_row(plural(pairs, "pair"), target, group(prefix, target), 3, label))
+    add(table(MEDIA_HEADER, rows))
     add("")
 
     add("## Slow receiver: bounded media delay (PROTOCOL.md 8.2)")
@@ -539,7 +584,8 @@ def build(machine, runs, order, out_dir):
     add("## Exact commands")
     add("")
     add(f"From the repository root, in this order. Ports of this run: HAProxy 127.0.0.1:{machine.get('pipe_port', '?')} "
-        f"-> the tool's sink 127.0.0.1:{machine.get('sink_port', '?')}; each relay got a fresh free port, shown "
+        f"-> the tool's sink 127.0.0.1:{machine.get('sink_port', '?')}, TLS: 127.0.0.1:{machine.get('tls_pipe_port', '?')} "
+        f"-> 127.0.0.1:{machine.get('tls_sink_port', '?')}; each relay got a fresh free port, shown "
         "on its line. `$RELAY_PID` and `$HAPROXY_PID` are the servers started by the lines before.")
     add("")
     add("```sh")

@@ -8,6 +8,10 @@
 # Every process it starts is stopped on exit, failure or interrupt. A tool
 # run that exits non-zero is recorded as failed, the suite goes on, and it
 # exits non-zero at the end.
+#
+# BENCH_ONLY="tls calls" runs only the named scenario groups (flood, paced,
+# flood64k, slow, calls, idle, tls) and writes its report to
+# bench/out/RESULTS.md, leaving bench/RESULTS.md alone.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -41,6 +45,13 @@ if [[ "$BENCH_NICE" != 0 && "$(nice -n "$BENCH_NICE" nice 2>/dev/null)" == "$((B
     NICE=(nice -n "$BENCH_NICE")
 fi
 HZ=$(getconf CLK_TCK)
+
+SCENARIOS="flood paced flood64k slow calls idle tls"
+ONLY=${BENCH_ONLY:-}
+for name in $ONLY; do
+    [[ " $SCENARIOS " == *" $name "* ]] || { echo "BENCH_ONLY: unknown scenario $name (one of: $SCENARIOS)" >&2; exit 2; }
+done
+want() { [[ -z "$ONLY" || " $ONLY " == *" $1 "* ]]; }
 
 SUITE_START=$(date +%s.%N)
 RELAY_PID=""
@@ -265,15 +276,40 @@ record "ulimit -n $(ulimit -n)"
     echo "open files limit: $(ulimit -n)"
     echo "nice: ${NICE[*]:-none}"
     echo "repeat: $REPEAT"
+    echo "only: ${ONLY:-all}"
     echo "git: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$([[ -n "$(git --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null)" ]] && echo ' (with uncommitted changes)')"
 } >"$OUT/machine.txt"
 sed 's/^/[bench]   /' "$OUT/machine.txt" >&2
 
-mapfile -t PORTS < <(free_ports 2)
+mapfile -t PORTS < <(free_ports 4)
 PIPE_PORT=${PORTS[0]}
 SINK_PORT=${PORTS[1]}
+TLS_PIPE_PORT=${PORTS[2]}
+TLS_SINK_PORT=${PORTS[3]}
 echo "pipe_port: $PIPE_PORT" >>"$OUT/machine.txt"
 echo "sink_port: $SINK_PORT" >>"$OUT/machine.txt"
+echo "tls_pipe_port: $TLS_PIPE_PORT" >>"$OUT/machine.txt"
+echo "tls_sink_port: $TLS_SINK_PORT" >>"$OUT/machine.txt"
+
+# Throwaway certificates for the TLS scenario: a CA, and P-256 certificates
+# for 127.0.0.1 signed by it for the relay, HAProxy's frontend (a PEM bundle
+# of certificate and key, as `crt` wants it) and the tool's sink.
+TLS_DIR=$OUT/tls
+mkdir -p "$TLS_DIR"
+command -v openssl >/dev/null 2>&1 || die "openssl is missing (apt-get install openssl): the TLS scenario needs it"
+tls_openssl() { openssl "$@" >>"$TLS_DIR/openssl.log" 2>&1 || die "openssl $1 failed (see $TLS_DIR/openssl.log)"; }
+tls_openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" -days 2 -subj "/CN=callrelay bench CA"
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS_DIR/ext.cnf"
+for name in relay haproxy sink; do
+    tls_openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$TLS_DIR/$name.key" -out "$TLS_DIR/$name.csr" -subj "/CN=127.0.0.1"
+    tls_openssl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -out "$TLS_DIR/$name.pem" -days 2 -extfile "$TLS_DIR/ext.cnf"
+done
+cat "$TLS_DIR/haproxy.pem" "$TLS_DIR/haproxy.key" >"$TLS_DIR/haproxy-bundle.pem"
+record "# bench/out/tls/: a throwaway CA and P-256 certificates for 127.0.0.1 made with openssl (see run.sh)"
+echo "tls: $(openssl version 2>&1 | head -n 1); P-256 ECDSA certificates" >>"$OUT/machine.txt"
 
 # HAProxy as a plain byte pipe: mode tcp, no splicing, one thread (like the
 # relay), no logging, long timeouts, no health checks. maxconn 9000: each
@@ -298,11 +334,23 @@ frontend pipe
 
 backend sink
     server sink 127.0.0.1:$SINK_PORT
+
+# The TLS scenario: TLS on both sides, terminated and made again (the
+# client's TLS ends here; a new TLS connection goes to the tool's sink,
+# whose certificate is not checked).
+frontend tlspipe
+    bind 127.0.0.1:$TLS_PIPE_PORT ssl crt $TLS_DIR/haproxy-bundle.pem
+    default_backend tlssink
+
+backend tlssink
+    server sink 127.0.0.1:$TLS_SINK_PORT ssl verify none
 EOF
 haproxy -c -q -f "$OUT/haproxy.cfg" || die "haproxy rejects $OUT/haproxy.cfg"
 start_haproxy
 
 PIPE=(--target pipe --addr "127.0.0.1:$PIPE_PORT" --sink "127.0.0.1:$SINK_PORT")
+TLS_PIPE=(--target pipe --addr "127.0.0.1:$TLS_PIPE_PORT" --sink "127.0.0.1:$TLS_SINK_PORT"
+    --tls-ca "$TLS_DIR/ca.pem" --sink-cert "$TLS_DIR/sink.pem" --sink-key "$TLS_DIR/sink.key")
 
 # ---------------------------------------------------------------- scenarios
 
@@ -325,47 +373,79 @@ media_set() {
 }
 
 # 1 KiB frames flat out, 1 and 100 pairs, seed and framed (target a).
-for framing in seed framed; do
-    for pairs in 1 100; do
-        media_set "flood1k-$framing-p$pairs" "$REPEAT" media --pairs "$pairs" --size 1024 --framing "$framing" "${MEDIA[@]}"
+if want flood; then
+    for framing in seed framed; do
+        for pairs in 1 100; do
+            media_set "flood1k-$framing-p$pairs" "$REPEAT" media --pairs "$pairs" --size 1024 --framing "$framing" "${MEDIA[@]}"
+        done
     done
-done
+fi
 
 # 160 B at 50 frames/s per stream, 1000 pairs: 50 000 audio frames/s (target b).
-media_set paced160-framed-p1000 "$REPEAT" media --pairs 1000 --size 160 --rate 50 --framing framed "${MEDIA[@]}"
+if want paced; then
+    media_set paced160-framed-p1000 "$REPEAT" media --pairs 1000 --size 160 --rate 50 --framing framed "${MEDIA[@]}"
+fi
 
 # 64 KiB frames flat out, 10 pairs: video-sized frames.
-media_set flood64k-framed-p10 1 media --pairs 10 --size 65536 --framing framed "${MEDIA[@]}"
+if want flood64k; then
+    media_set flood64k-framed-p10 1 media --pairs 10 --size 65536 --framing framed "${MEDIA[@]}"
+fi
+
+# The 1 KiB flood over TLS (issue 10), framed, 1 and 100 pairs: the relay
+# with --tls-cert/--tls-key and TLS clients (ID-relay-rN), the same relay
+# process with plain clients (ID-plain-rN: the relay takes both on one port),
+# and HAProxy bridging TLS on both sides to the tool's TLS sink
+# (ID-pipe-rN), interleaved, REPEAT times each.
+if want tls; then
+    for pairs in 1 100; do
+        id="tls1k-framed-p$pairs"
+        TLS_MEDIA=(media --pairs "$pairs" --size 1024 --framing framed "${MEDIA[@]}")
+        start_relay --tls-cert "$TLS_DIR/relay.pem" --tls-key "$TLS_DIR/relay.key"
+        for ((r = 1; r <= REPEAT; r++)); do
+            [[ -n "$RELAY_PID" ]] || start_relay --tls-cert "$TLS_DIR/relay.pem" --tls-key "$TLS_DIR/relay.key"
+            run_load "$id-relay-r$r" relay "${TLS_MEDIA[@]}" --target relay --addr "127.0.0.1:$RELAY_PORT" --tls-ca "$TLS_DIR/ca.pem"
+            [[ -n "$RELAY_PID" ]] || start_relay --tls-cert "$TLS_DIR/relay.pem" --tls-key "$TLS_DIR/relay.key"
+            run_load "$id-plain-r$r" relay "${TLS_MEDIA[@]}" --target relay --addr "127.0.0.1:$RELAY_PORT"
+            run_load "$id-pipe-r$r" haproxy "${TLS_MEDIA[@]}" "${TLS_PIPE[@]}"
+        done
+    done
+fi
 
 # A slow receiver (PROTOCOL.md 8.2): 1200 B at 100 frames/s to a receiver
 # that reads 60 KB/s through a 4 KiB receive buffer, 20 s, relay and
 # HAProxy side by side. Midway, `ss -tmi` records the kernel's unsent backlog
 # (notsent) on the socket towards the receiver: small for the relay
 # (TCP_NOTSENT_LOWAT), growing for the byte pipe.
-SLOW=(media --pairs 1 --size 1200 --rate 100 --rx-rate 60000 --rcvbuf 4096 --slice 5
-    --duration 20 --warmup 1 --drain 5 --quiet --json)
-SS_PIDS=()
-ss_midway() { # FILE FILTER: `ss -tmi` of the matching sockets 10 s from now, in the background
-    record "(sleep 10; ss -tmi state established '$2') > $1 &"
-    (sleep 10; ss -tmi state established "$2" >"$1" 2>&1) &
-    SS_PIDS+=($!)
-}
-start_relay
-ss_midway "$OUT/slow-relay-ss.txt" "( sport = :$RELAY_PORT )"
-run_load slow-relay relay "${SLOW[@]}" --target relay --addr "127.0.0.1:$RELAY_PORT"
-ss_midway "$OUT/slow-pipe-ss.txt" "( dport = :$SINK_PORT )"
-run_load slow-pipe haproxy "${SLOW[@]}" "${PIPE[@]}"
-wait "${SS_PIDS[@]}" # only these: HAProxy runs in the background too
+if want slow; then
+    SLOW=(media --pairs 1 --size 1200 --rate 100 --rx-rate 60000 --rcvbuf 4096 --slice 5
+        --duration 20 --warmup 1 --drain 5 --quiet --json)
+    SS_PIDS=()
+    ss_midway() { # FILE FILTER: `ss -tmi` of the matching sockets 10 s from now, in the background
+        record "(sleep 10; ss -tmi state established '$2') > $1 &"
+        (sleep 10; ss -tmi state established "$2" >"$1" 2>&1) &
+        SS_PIDS+=($!)
+    }
+    start_relay
+    ss_midway "$OUT/slow-relay-ss.txt" "( sport = :$RELAY_PORT )"
+    run_load slow-relay relay "${SLOW[@]}" --target relay --addr "127.0.0.1:$RELAY_PORT"
+    ss_midway "$OUT/slow-pipe-ss.txt" "( dport = :$SINK_PORT )"
+    run_load slow-pipe haproxy "${SLOW[@]}" "${PIPE[@]}"
+    wait "${SS_PIDS[@]}" # only these: HAProxy runs in the background too
+fi
 
 # Call set-up and tear-down rate.
-start_relay
-run_load "calls-framed-p10-relay" relay calls --pairs 10 --addr "127.0.0.1:$RELAY_PORT" "${COMMON[@]}"
+if want calls; then
+    start_relay
+    run_load "calls-framed-p10-relay" relay calls --pairs 10 --addr "127.0.0.1:$RELAY_PORT" "${COMMON[@]}"
+fi
 
 # Idle connections, each on a fresh relay so earlier runs' memory does not count.
-for connections in 5000 15000; do
-    start_relay --max-connections 20000
-    run_load "idle-c$connections-relay" relay idle --connections "$connections" --addr "127.0.0.1:$RELAY_PORT" "${IDLE_COMMON[@]}"
-done
+if want idle; then
+    for connections in 5000 15000; do
+        start_relay --max-connections 20000
+        run_load "idle-c$connections-relay" relay idle --connections "$connections" --addr "127.0.0.1:$RELAY_PORT" "${IDLE_COMMON[@]}"
+    done
+fi
 
 stop_relay
 record "kill \$HAPROXY_PID; wait \$HAPROXY_PID"
@@ -376,8 +456,12 @@ HAPROXY_PID=""
 
 SECONDS_TOTAL=$(awk -v a="$SUITE_START" -v b="$(date +%s.%N)" 'BEGIN { printf "%.0f", b - a }')
 echo "suite_seconds: $SECONDS_TOTAL" >>"$OUT/machine.txt"
-python3 bench/report.py "$OUT" bench/RESULTS.md
-say "wrote bench/RESULTS.md (raw results in $OUT/, suite ${SECONDS_TOTAL}s)"
+REPORT=bench/RESULTS.md
+if [[ -n "$ONLY" ]]; then
+    REPORT=$OUT/RESULTS.md # a partial run leaves the full report alone
+fi
+python3 bench/report.py "$OUT" "$REPORT"
+say "wrote $REPORT (raw results in $OUT/, suite ${SECONDS_TOTAL}s)"
 if [[ "$FAILED" -ne 0 ]]; then
     say "$FAILED run(s) failed: see bench/RESULTS.md and $OUT/*.err"
     exit 1

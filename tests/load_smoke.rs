@@ -721,3 +721,131 @@ fn mixed_soak_round_trips_and_leaves_nothing_behind() {
     assert!(json.contains("\"leak_free\":true"), "{json}");
     assert!(num(json, "rss_peak_kib") > 0.0, "{json}");
 }
+
+/// A throwaway CA (`ca.pem`) and P-256 certificates for 127.0.0.1 signed by
+/// it (`NAME.pem`, `NAME.key` for each of `names`), made with the `openssl`
+/// command in a fresh folder (as tests/tls.rs does).
+fn throwaway_pki(names: &[&str]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("callrelay-load-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl (make test installs it)");
+        assert!(output.status.success(), "openssl {args:?}: {output:?}");
+    };
+    let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &curve,
+            &[
+                "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            ],
+            &["-subj", "/CN=callrelay-load test CA"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("ext");
+    for name in names {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &curve,
+                &[
+                    "-nodes",
+                    "-keyout",
+                    &key,
+                    "-out",
+                    &csr,
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+    }
+    dir
+}
+
+// `--tls --tls-ca`: paced media and calls run clean against a relay with
+// `--tls-cert`; media --target direct runs TLS on both ends flat out
+// with `--sink-cert`; a CA that did not sign the relay's certificate fails
+// the run; idle (which does not speak TLS) refuses --tls as bad use.
+#[test]
+fn media_and_calls_speak_tls_to_a_tls_relay() {
+    let dir = throwaway_pki(&["relay", "sink", "other"]);
+    let file = |name: &str| dir.join(name).display().to_string();
+    let relay = RelayProcess::start(&[
+        "--tls-cert",
+        &file("relay.pem"),
+        "--tls-key",
+        &file("relay.key"),
+    ]);
+    let ca = file("ca.pem");
+    let paced = run_at(
+        relay.addr(),
+        &format!(
+            "media --tls --tls-ca {ca} --pairs 2 --rate 100 --size 200 --duration 1 --warmup 0.3"
+        ),
+    );
+    assert_media_clean(paced.json());
+    let calls = run_at(
+        relay.addr(),
+        &format!("calls --tls --tls-ca {ca} --pairs 2 --duration 0.5 --warmup 0.2"),
+    );
+    assert_eq!(num(calls.json(), "errors"), 0.0, "{calls}");
+    assert!(num(calls.json(), "calls") > 0.0, "{calls}");
+    let direct = run_line(&format!(
+        "media --target direct --tls --tls-ca {ca} --sink-cert {} --sink-key {} --pairs 2 --duration 1 --warmup 0.3 --json --quiet",
+        file("sink.pem"),
+        file("sink.key"),
+    ));
+    assert_flat_out_clean(direct.json(), "direct");
+    // The relay's certificate as the only trusted one signs nothing it sends.
+    let wrong = run_at(
+        relay.addr(),
+        &format!(
+            "calls --tls-ca {} --pairs 1 --duration 0.5 --warmup 0",
+            file("relay.pem")
+        ),
+    );
+    assert_eq!(wrong.code, Some(1), "{wrong}");
+    assert_bad_use(&["idle", "--tls", "--connections", "1"], "TLS");
+    let help = run(&["--help"]);
+    assert_mentions_every(
+        &help.stdout,
+        "--help",
+        &["--tls", "--tls-ca", "--sink-cert", "--sink-key"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

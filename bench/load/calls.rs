@@ -19,11 +19,12 @@ use mio::{Events, Interest, Poll, Token};
 use crate::proc_stats::Window;
 use crate::report::{self, Json};
 use crate::session::{self, Session};
+use crate::tls::Stream;
 use crate::{Common, Outcome, Progress};
 
 /// One side of a pair.
 struct Side {
-    stream: TcpStream,
+    stream: Stream<TcpStream>,
     input: Vec<u8>,
     output: Vec<u8>,
     closed: bool,
@@ -75,10 +76,10 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
             },
         });
         for session in [caller, callee] {
-            session.stream.set_nonblocking(true)?;
-            let mut stream = TcpStream::from_std(session.stream);
+            session.stream.sock.set_nonblocking(true)?;
+            let mut stream = session.stream.map(TcpStream::from_std);
             poll.registry().register(
-                &mut stream,
+                &mut stream.sock,
                 Token(sides.len()),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
@@ -325,6 +326,10 @@ fn send(side: &mut Side, framing: Framing, message: &ClientMessage) {
 }
 
 fn flush(side: &mut Side) {
+    // TLS records still queued from an earlier write go first.
+    if !side.closed && side.stream.flush_pending().is_err() {
+        side.closed = true;
+    }
     while !side.output.is_empty() && !side.closed {
         match side.stream.write(&side.output) {
             Ok(0) => side.closed = true,

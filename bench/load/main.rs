@@ -16,6 +16,7 @@ mod proc_stats;
 mod report;
 mod session;
 mod sink;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -127,6 +128,10 @@ Modes:
           checks that connections, calls and users return to zero.
   sink    accept connections on --listen and read media frames for --duration
           seconds (the far end of a pipe set up by hand).
+
+TLS: media (every target) and calls take --tls (the client sockets speak TLS;
+--tls-ca FILE pins the CA); media --target pipe/direct take --sink-cert and
+--sink-key (the sink accepts TLS). idle, mixed and sink refuse them.
 
 With --server-pid PID the server's CPU seconds (user+sys) and peak RSS over the
 measured window are read from /proc, with CPU seconds per GiB and per frame.
@@ -256,6 +261,29 @@ fn options() -> Options {
         "register with tokens signed with this secret file's first key (a relay run with --auth-secret-file)",
         "FILE",
     );
+    opts.optflag(
+        "",
+        "tls",
+        "media/calls: the client sockets speak TLS (without --tls-ca the server's certificate is not checked)",
+    );
+    opts.optopt(
+        "",
+        "tls-ca",
+        "with --tls: the server's certificate must chain to this CA (PEM); implies --tls",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "sink-cert",
+        "media --target pipe/direct: the sink accepts TLS with this certificate chain (PEM)",
+        "FILE",
+    );
+    opts.optopt(
+        "",
+        "sink-key",
+        "media --target pipe/direct: the private key of --sink-cert (PEM)",
+        "FILE",
+    );
     opts.optflag("q", "quiet", "no progress lines on stderr");
     opts.optflag("j", "json", "print the result as one JSON object on stdout");
     opts.optflag("h", "help", "print this help and exit");
@@ -344,6 +372,39 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
             .map_err(|error| UsageError(error.to_string()))?;
         session::sign_registrations(keys);
     }
+    let tls_client = matches.opt_present("tls") || matches.opt_present("tls-ca");
+    let tls_sink = match (matches.opt_str("sink-cert"), matches.opt_str("sink-key")) {
+        (None, None) => false,
+        (Some(cert), Some(key)) => {
+            tls::enable_sink(std::path::Path::new(&cert), std::path::Path::new(&key))
+                .map_err(UsageError)?;
+            true
+        }
+        _ => {
+            return Err(UsageError(
+                "--sink-cert and --sink-key go together".to_owned(),
+            ));
+        }
+    };
+    if (tls_client || tls_sink) && !matches!(mode.as_str(), "media" | "calls") {
+        return Err(UsageError(format!(
+            "{mode} does not speak TLS (--tls, --tls-ca, --sink-cert: media and calls only)"
+        )));
+    }
+    if tls_sink && mode == "calls" {
+        return Err(UsageError(
+            "--sink-cert: calls has no sink (media --target pipe or direct)".to_owned(),
+        ));
+    }
+    if tls_client {
+        tls::enable_client(
+            matches
+                .opt_str("tls-ca")
+                .as_deref()
+                .map(std::path::Path::new),
+        )
+        .map_err(UsageError)?;
+    }
     let common =
         Common {
             addr: parse_addr(
@@ -381,6 +442,17 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
                     )));
                 }
             };
+            if target == media::Target::Direct && tls_client != tls_sink {
+                return Err(UsageError(
+                    "--target direct: --tls needs --sink-cert/--sink-key and the other way round (both ends are this tool)"
+                        .to_owned(),
+                ));
+            }
+            if target == media::Target::Relay && tls_sink {
+                return Err(UsageError(
+                    "--sink-cert: --target relay has no sink".to_owned(),
+                ));
+            }
             if target == media::Target::Pipe && matches.opt_str("sink").is_none() {
                 return Err(UsageError(
                     "--target pipe needs --sink ADDR (where the pipe forwards)".to_owned(),

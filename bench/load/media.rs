@@ -28,6 +28,7 @@ use crate::payload::{self, MediaStream};
 use crate::proc_stats::Window;
 use crate::report::{self, Json};
 use crate::session::{self, Session};
+use crate::tls::{self, Stream};
 use crate::{Common, Outcome, Progress};
 
 /// Reads per socket per turn before the loop looks at the clock again.
@@ -152,7 +153,7 @@ struct Receiver {
 
 /// One socket of the run.
 struct Endpoint {
-    stream: TcpStream,
+    stream: Stream<TcpStream>,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
     throttle: Option<Throttle>,
@@ -213,7 +214,7 @@ fn pair_sessions(
     Ok(((caller.stream, callee.stream), left_a, left_b))
 }
 
-type TcpStreamPair = (std::net::TcpStream, std::net::TcpStream);
+type TcpStreamPair = (Stream<std::net::TcpStream>, Stream<std::net::TcpStream>);
 
 /// Opens the two sockets of every pair for the chosen target.
 fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpStreamPair>> {
@@ -250,9 +251,17 @@ fn connect_pairs(common: &Common, options: &MediaOptions) -> io::Result<Vec<TcpS
             listener.set_nonblocking(true)?;
             for _ in 0..options.pairs {
                 let a = std::net::TcpStream::connect_timeout(&connect_to, session::STEP_TIMEOUT)?;
+                let mut a = tls::client(a, connect_to)?;
+                if options.target == Target::Pipe {
+                    // A pipe that terminates TLS (HAProxy `ssl crt`) connects
+                    // to the sink only once the handshake is done.
+                    a.handshake(session::STEP_TIMEOUT)?;
+                }
                 let b = accept_within(&listener, session::STEP_TIMEOUT)?;
                 b.set_nonblocking(false)?;
-                pairs.push((a, b));
+                // The sink's handshakes (--sink-cert), and direct's client
+                // ones, run in the media loop.
+                pairs.push((a, tls::sink(b)?));
             }
         }
     }
@@ -281,19 +290,19 @@ fn accept_within(listener: &TcpListener, timeout: Duration) -> io::Result<std::n
 }
 
 fn into_endpoint(
-    stream: std::net::TcpStream,
+    stream: Stream<std::net::TcpStream>,
     sender: Option<Sender>,
     receiver: Option<Receiver>,
     options: &MediaOptions,
 ) -> io::Result<Endpoint> {
-    stream.set_nodelay(true)?;
-    stream.set_nonblocking(true)?;
+    stream.sock.set_nodelay(true)?;
+    stream.sock.set_nonblocking(true)?;
     let throttle = options
         .rx_rate
         .filter(|_| receiver.is_some())
         .map(|rate| Throttle::new(rate, Instant::now()));
     Ok(Endpoint {
-        stream: TcpStream::from_std(stream),
+        stream: stream.map(TcpStream::from_std),
         sender,
         receiver,
         throttle,
@@ -350,7 +359,7 @@ pub fn run(common: &Common, options: &MediaOptions) -> io::Result<Outcome> {
     let poll = Poll::new()?;
     for (index, endpoint) in endpoints.iter_mut().enumerate() {
         poll.registry().register(
-            &mut endpoint.stream,
+            &mut endpoint.stream.sock,
             Token(index),
             Interest::READABLE | Interest::WRITABLE,
         )?;
@@ -369,6 +378,8 @@ struct Run<'a> {
     due: BinaryHeap<Reverse<(Instant, usize)>>,
     interval: Option<Duration>,
     read_buffer: Vec<u8>,
+    /// Some socket speaks TLS.
+    tls: bool,
     /// Throttled receivers and when they may read again.
     throttled: BinaryHeap<Reverse<(Instant, usize)>>,
 }
@@ -403,6 +414,7 @@ impl<'a> Run<'a> {
             due: BinaryHeap::new(),
             interval,
             read_buffer: vec![0; 256 * 1024],
+            tls: tls::client_enabled() || tls::sink_enabled(),
             throttled: BinaryHeap::new(),
         }
     }
@@ -478,6 +490,11 @@ impl<'a> Run<'a> {
                     reread.push(index);
                 }
                 if event.is_writable() {
+                    self.flush_pending(index);
+                }
+                // TLS: a read may have finished a handshake, so the sender
+                // may write now without a writable edge to tell it.
+                if event.is_writable() || self.tls {
                     self.write(index);
                 }
             }
@@ -541,6 +558,15 @@ impl<'a> Run<'a> {
         if window.contains(stamp) {
             sender.sent_in_window += 1;
             sender.bytes_in_window += size as u64;
+        }
+    }
+
+    /// Writes the TLS records still queued (nothing for plain sockets).
+    fn flush_pending(&mut self, index: usize) {
+        let endpoint = &mut self.endpoints[index];
+        if !endpoint.closed && endpoint.stream.flush_pending().is_err() {
+            endpoint.closed = true;
+            self.tally.errors += 1;
         }
     }
 

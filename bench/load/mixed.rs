@@ -240,7 +240,7 @@ fn read_media(session: &mut Session, count: usize) -> io::Result<Vec<u8>> {
         if left.is_zero() {
             return Err(io::Error::other("media did not arrive"));
         }
-        session.stream.set_read_timeout(Some(left))?;
+        session.stream.sock.set_read_timeout(Some(left))?;
         let mut chunk = [0u8; 4096];
         match session.stream.read(&mut chunk) {
             Ok(0) => return Err(io::Error::other("closed while waiting for media")),

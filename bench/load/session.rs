@@ -13,13 +13,15 @@ use callrelay::protocol::frame::{
 };
 use callrelay::protocol::qdatastream::QString;
 
+use crate::tls::{self, Stream};
+
 /// How long one set-up step may take.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A blocking connection to the relay with its framing and leftover input.
 pub struct Session {
-    /// The socket (blocking while setting up).
-    pub stream: TcpStream,
+    /// The socket (blocking while setting up), plain or TLS (`--tls`).
+    pub stream: Stream<TcpStream>,
     /// Its framing.
     pub framing: Framing,
     /// The registered user id.
@@ -49,6 +51,7 @@ impl Session {
     ) -> io::Result<Session> {
         let stream = connect(addr, rcvbuf)?;
         stream.set_nodelay(true)?;
+        let stream = tls::client(stream, addr)?;
         let mut session = Session {
             stream,
             framing,
@@ -125,7 +128,7 @@ impl Session {
                     format!("{}: no answer from the relay", self.user),
                 ));
             }
-            self.stream.set_read_timeout(Some(left))?;
+            self.stream.sock.set_read_timeout(Some(left))?;
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
