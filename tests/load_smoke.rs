@@ -819,6 +819,14 @@ fn media_and_calls_speak_tls_to_a_tls_relay() {
         ),
     );
     assert_media_clean(paced.json());
+    // Flat out through the relay: rustls's buffer fills and empties again
+    // and again (a write that found it full and then flushed it once closed
+    // the receiver as if it had gone).
+    let flood = run_at(
+        relay.addr(),
+        &format!("media --tls --tls-ca {ca} --pairs 4 --size 1024 --duration 1 --warmup 0.3"),
+    );
+    assert_flat_out_clean(flood.json(), "relay");
     let calls = run_at(
         relay.addr(),
         &format!("calls --tls --tls-ca {ca} --pairs 2 --duration 0.5 --warmup 0.2"),

@@ -258,6 +258,8 @@ fn tls_write(
 ) -> (usize, SocketResult) {
     let total: usize = parts.iter().map(|part| part.len()).sum();
     let mut taken = 0;
+    // Rounds in a row in which rustls took nothing.
+    let mut idle_rounds = 0;
     loop {
         let before = taken;
         // One vectored write, so that a frame's header and payload travel in
@@ -285,10 +287,13 @@ fn tls_write(
             Ok(count) => taken += count,
             Err(_) => return (taken, SocketResult::Error),
         }
+        idle_rounds = if taken == before { idle_rounds + 1 } else { 0 };
         match tls_flush(session, tcp) {
-            // rustls took nothing with its buffer empty: it will not
-            // (the session is closing); the caller stops here.
-            SocketResult::Continue if taken == before && taken < total => {
+            // Nothing taken although the records were all written just
+            // before: rustls will take no more (the session is closing). A
+            // first empty round only means its buffer was full of records
+            // the socket has taken since.
+            SocketResult::Continue if idle_rounds >= 2 && taken < total => {
                 return (taken, SocketResult::Error);
             }
             SocketResult::Continue if taken < total => continue,
