@@ -19,7 +19,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{RelayProcess, assert_mentions_every, read_all_in_background};
+use common::{Pki, RelayProcess, assert_mentions_every, read_all_in_background};
 
 const LOAD: &str = env!("CARGO_BIN_EXE_callrelay-load");
 
@@ -722,89 +722,17 @@ fn mixed_soak_round_trips_and_leaves_nothing_behind() {
     assert!(num(json, "rss_peak_kib") > 0.0, "{json}");
 }
 
-/// A throwaway CA (`ca.pem`) and P-256 certificates for 127.0.0.1 signed by
-/// it (`NAME.pem`, `NAME.key` for each of `names`), made with the `openssl`
-/// command in a fresh folder (as tests/tls.rs does).
-fn throwaway_pki(names: &[&str]) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("callrelay-load-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let openssl = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .expect("run openssl (make test installs it)");
-        assert!(output.status.success(), "openssl {args:?}: {output:?}");
-    };
-    let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &curve,
-            &[
-                "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            ],
-            &["-subj", "/CN=callrelay-load test CA"],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
-    for name in names {
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        openssl(
-            &[
-                &["req"][..],
-                &curve,
-                &[
-                    "-nodes",
-                    "-keyout",
-                    &key,
-                    "-out",
-                    &csr,
-                    "-subj",
-                    "/CN=127.0.0.1",
-                ],
-            ]
-            .concat(),
-        );
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-    }
-    dir
-}
-
 // `--tls --tls-ca`: paced media and calls run clean against a relay with
 // `--tls-cert`; media --target direct runs TLS on both ends flat out
 // with `--sink-cert`; a CA that did not sign the relay's certificate fails
 // the run; idle (which does not speak TLS) refuses --tls as bad use.
 #[test]
 fn media_and_calls_speak_tls_to_a_tls_relay() {
-    let dir = throwaway_pki(&["relay", "sink", "other"]);
-    let file = |name: &str| dir.join(name).display().to_string();
+    let pki = Pki::new("load");
+    for name in ["relay", "sink", "other"] {
+        pki.leaf(name);
+    }
+    let file = |name: &str| pki.path(name).display().to_string();
     let relay = RelayProcess::start(&[
         "--tls-cert",
         &file("relay.pem"),
@@ -855,5 +783,4 @@ fn media_and_calls_speak_tls_to_a_tls_relay() {
         "--help",
         &["--tls", "--tls-ca", "--sink-cert", "--sink-key"],
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

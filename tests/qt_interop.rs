@@ -16,7 +16,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::RelayProcess;
+use common::{Pki, RelayProcess};
 
 /// The Qt client binary: `$CALLRELAY_QT_CLIENT`, or `target/qt/qtclient`.
 pub fn qt_client() -> PathBuf {
@@ -50,7 +50,7 @@ fn tls_scenario(name: &str) {
 /// fresh test certificate; the Qt client trusts only the test CA.
 fn tls_scenario_with(name: &str, args: &[&str]) {
     let pki = Pki::new(name);
-    let mut relay_args = pki.relay_args();
+    let mut relay_args = pki.args("server");
     relay_args.extend(args.iter().map(|arg| (*arg).to_owned()));
     let relay_args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
     run_scenario(name, &relay_args, Some(&pki.path("ca.pem")));
@@ -80,105 +80,6 @@ fn run_qt_client(name: &str, relay: &RelayProcess, ca: Option<&Path>) -> Output 
         command.arg("--tls").arg(ca);
     }
     command.output().expect("run the Qt client")
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it, in a fresh folder
-/// (the approach of tests/tls.rs), removed on drop.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir =
-            std::env::temp_dir().join(format!("callrelay-qt-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let pki = Pki { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=callrelay test CA",
-        ]);
-        pki.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            pki.path("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .expect("ext");
-        pki.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        pki
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("run openssl (make test installs it)");
-        assert!(output.status.success(), "openssl {args:?}: {output:?}");
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Relay options for the server certificate.
-    fn relay_args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.path("server.pem").display().to_string(),
-            "--tls-key".into(),
-            self.path("server.key").display().to_string(),
-        ]
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[test]
@@ -287,7 +188,7 @@ fn qt_tls_length_prefixed_client_with_a_1_mib_media_frame() {
 #[test]
 fn qt_tls_refuses_a_certificate_from_another_ca() {
     let (relay_pki, other) = (Pki::new("relay-ca"), Pki::new("other-ca"));
-    let relay_args = relay_pki.relay_args();
+    let relay_args = relay_pki.args("server");
     let relay_args: Vec<&str> = relay_args.iter().map(String::as_str).collect();
     let relay = RelayProcess::start(&relay_args);
     let output = run_qt_client("offline", &relay, Some(&other.path("ca.pem")));

@@ -10,136 +10,16 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use callrelay::protocol::Framing::{self, LengthPrefixed, Seed};
 use callrelay::protocol::frame::{
     ClientMessage, DecodeError, ServerMessage, decode_server, encode_client,
 };
-use common::{RelayProcess, WAIT, q};
+use common::{Pki, RelayProcess, WAIT, q};
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
-
-/// A CA and a certificate for 127.0.0.1 signed by it, in a fresh folder.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("callrelay-tls-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let pki = Pki { dir };
-        pki.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=callrelay test CA",
-        ]);
-        pki.leaf("server");
-        pki
-    }
-
-    /// A new key and certificate `NAME.key` / `NAME.pem` signed by the CA.
-    fn leaf(&self, name: &str) {
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            self.dir.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .expect("ext");
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .expect("run openssl (make test installs it)");
-        assert!(output.status.success(), "openssl {args:?}: {output:?}");
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Relay options for the certificate `NAME.pem`.
-    fn args(&self, name: &str) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            self.path(&format!("{name}.pem")).display().to_string(),
-            "--tls-key".into(),
-            self.path(&format!("{name}.key")).display().to_string(),
-        ]
-    }
-
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in
-            rustls::pki_types::CertificateDer::pem_file_iter(self.path("ca.pem")).expect("ca")
-        {
-            roots.add(cert.expect("ca cert")).expect("add the CA");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    }
-}
 
 fn start(args: &[String]) -> RelayProcess {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
