@@ -138,6 +138,11 @@ impl Transport {
         matches!(&self.layer, Layer::Tls(session) if session.is_handshaking())
     }
 
+    /// True until the first bytes have said plain or TLS.
+    pub fn is_sniffing(&self) -> bool {
+        matches!(self.layer, Layer::Sniffing(_))
+    }
+
     /// True for a TLS connection.
     pub fn is_tls(&self) -> bool {
         matches!(self.layer, Layer::Tls(_))

@@ -62,7 +62,7 @@ impl Server {
             if reads == READS_PER_TURN {
                 break;
             }
-            let was_sniffing = !conn.transport.is_tls() && !conn.transport.is_plain();
+            let was_sniffing = conn.transport.is_sniffing();
             let outcome = conn.read_some(pool, max_input);
             let (tls, handshaking) = (conn.transport.is_tls(), conn.transport.handshaking());
             if was_sniffing && tls {
