@@ -526,6 +526,26 @@ def build(machine, runs, order, out_dir):
         calls.status(),
     ]]))
     add("")
+    add("### Token verification cost per registration")
+    add("")
+    add("`calls --reconnect`: after every call the callee registers again on a new connection, so each call "
+        "costs one connection and one registration. The same relay (`--auth optional`) takes bare ids as they "
+        "are and verifies tokens (HMAC-SHA256, `--secret-file` on the tool); runs interleaved, median by CPU "
+        "µs per call. Token cost per registration = token CPU µs/call − bare CPU µs/call.")
+    add("")
+    rows = []
+    medians = {}
+    for kind, label in (("bare", "bare ids"), ("token", "tokens")):
+        group = Group(runs, f"calls-reconnect-{kind}", "relay", ("server", "cpu_us_per_call"))
+        medians[kind] = group.get("server", "cpu_us_per_call")
+        rows.append([label, fmt(group.get("calls_per_s"), 0), fmt(group.get("calls")),
+                     fmt(group.get("server", "cpu_us_per_call"), 1), group.values(1), group.status()])
+    add(table(["registrations", "calls/s", "calls", "CPU µs/call", "every run (CPU µs/call)", "status"], rows))
+    if None not in medians.values():
+        add("")
+        add(f"Token verification: **{fmt(medians['token'] - medians['bare'], 1)} µs** of relay CPU per "
+            f"registration (medians; within run-to-run noise when small: see every run).")
+    add("")
 
     add("## Idle connections (relay, seed framing; a fresh relay with --max-connections 20000 for each)")
     add("")

@@ -641,6 +641,40 @@ fn the_tool_registers_with_tokens_against_a_secured_relay() {
     );
 }
 
+// `calls --reconnect`: the callee registers again on a new connection
+// after every call (the bench's token-cost figure), each registration a
+// verified token: the relay accepted a connection for every call.
+#[test]
+fn calls_reconnect_registers_once_per_call() {
+    let keys = std::env::temp_dir().join(format!("callrelay-load-{}.rekeys", std::process::id()));
+    std::fs::write(&keys, "k1 a-secret-for-the-load-smoke-test\n").expect("write keys");
+    let keys = keys.to_str().expect("utf-8 path").to_owned();
+    let relay = RelayProcess::start(&[
+        "--auth-secret-file",
+        &keys,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    let run = run_at(
+        relay.addr(),
+        &format!("calls --pairs 2 --reconnect --duration 0.5 --warmup 0.2 --secret-file {keys}"),
+    );
+    let json = run.json();
+    assert_eq!(num(json, "errors"), 0.0, "{run}");
+    assert!(json.contains("\"reconnect\":true"), "{json}");
+    let calls = num(json, "calls") as u64;
+    assert!(calls > 0, "{json}");
+    let accepted = common::sample(
+        &common::scrape(relay.metrics_addr()),
+        "callrelay_connections_accepted_total",
+    );
+    // Two per pair to start with, one more after every call.
+    assert!(
+        accepted >= 4 + calls,
+        "{accepted} connections for {calls} calls: {json}"
+    );
+}
+
 #[test]
 fn help_exits_0_and_names_every_option() {
     for flag in ["--help", "-h"] {
@@ -658,6 +692,7 @@ fn help_exits_0_and_names_every_option() {
             "--size",
             "--rate",
             "--both",
+            "--reconnect",
             "--window",
             "--rx-rate",
             "--rcvbuf",

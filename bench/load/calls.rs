@@ -2,7 +2,10 @@
 //! (callee rung) ACCEPT -> (both accepted) END -> (both ended), and the
 //! latency of each step is recorded: ring (request sent -> callee has
 //! CALL_REQUEST), accept (accept sent -> both have CALL_ACCEPT) and end
-//! (end sent -> both have CALL_END).
+//! (end sent -> both have CALL_END). With `reconnect`, the callee hangs up
+//! its connection after every call and registers again on a new one, so
+//! each call also costs one connection, one registration (with
+//! `--secret-file`, one token verified) and, with `--tls`, one handshake.
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -60,8 +63,23 @@ struct Histograms {
     end: Histogram<u64>,
 }
 
-/// Runs `calls` with `pairs` pairs in `framing`.
-pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcome> {
+/// How a `calls` run goes.
+pub struct Options {
+    /// Caller-callee pairs.
+    pub pairs: usize,
+    /// Their framing.
+    pub framing: Framing,
+    /// The callee registers again on a new connection after every call.
+    pub reconnect: bool,
+}
+
+/// Runs `calls`.
+pub fn run(common: &Common, options: &Options) -> io::Result<Outcome> {
+    let Options {
+        pairs,
+        framing,
+        reconnect,
+    } = *options;
     let prefix = session::run_prefix();
     let mut poll = Poll::new()?;
     let mut sides = Vec::with_capacity(pairs * 2);
@@ -76,19 +94,8 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
             },
         });
         for session in [caller, callee] {
-            session.stream.sock.set_nonblocking(true)?;
-            let mut stream = session.stream.map(TcpStream::from_std);
-            poll.registry().register(
-                &mut stream.sock,
-                Token(sides.len()),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            sides.push(Side {
-                stream,
-                input: Vec::new(),
-                output: Vec::new(),
-                closed: false,
-            });
+            let side = Side::polled(session, &poll, Token(sides.len()))?;
+            sides.push(side);
         }
     }
     let mut histograms = Histograms {
@@ -168,6 +175,18 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
                         if in_window {
                             completed += 1;
                         }
+                        if reconnect {
+                            let callee = pair * 2 + 1;
+                            let user = &pair_states[pair].callee_user;
+                            match Side::registered_again(common, framing, user, &poll, callee) {
+                                Ok(side) => {
+                                    let _ =
+                                        poll.registry().deregister(&mut sides[callee].stream.sock);
+                                    sides[callee] = side;
+                                }
+                                Err(_) => errors += 1,
+                            }
+                        }
                         start_call(&mut sides, &mut pair_states, pair, framing);
                     }
                     Reaction::Unexpected => {
@@ -185,6 +204,7 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
     json.str("mode", "calls")
         .str("framing", crate::framing_name(framing))
         .num("pairs", pairs as f64)
+        .bool("reconnect", reconnect)
         .num("duration_s", seconds)
         .num("calls", completed as f64)
         .num("calls_per_s", completed as f64 / seconds)
@@ -223,6 +243,38 @@ pub fn run(common: &Common, pairs: usize, framing: Framing) -> io::Result<Outcom
         human,
         ok: errors == 0 && completed > 0,
     })
+}
+
+impl Side {
+    /// `session`'s socket, nonblocking and polled under `token`.
+    fn polled(session: Session, poll: &Poll, token: Token) -> io::Result<Side> {
+        session.stream.sock.set_nonblocking(true)?;
+        let mut stream = session.stream.map(TcpStream::from_std);
+        poll.registry().register(
+            &mut stream.sock,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        Ok(Side {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            closed: false,
+        })
+    }
+
+    /// `user` registered on a new connection (replacing its old one),
+    /// polled as side `index`.
+    fn registered_again(
+        common: &Common,
+        framing: Framing,
+        user: &str,
+        poll: &Poll,
+        index: usize,
+    ) -> io::Result<Side> {
+        let session = Session::register(common.addr, framing, user)?;
+        Side::polled(session, poll, Token(index))
+    }
 }
 
 fn start_call(sides: &mut [Side], pairs: &mut [Pair], index: usize, framing: Framing) {

@@ -116,7 +116,9 @@ Modes:
           pipe sends them through a byte pipe at --addr (e.g. HAProxy in mode
           tcp) that forwards to --sink, where this tool listens.
   calls   N pairs loop call request -> accept -> end; reports calls/s and the
-          latency of each step.
+          latency of each step. With --reconnect the callee registers again on
+          a new connection after every call (one registration per call: with
+          --secret-file, the cost of verifying a token).
   idle    K registered connections that only send heartbeats, spread over
           --sources loopback source addresses, held for --duration seconds;
           reports how many were established and held (and, with --server-pid,
@@ -183,6 +185,11 @@ fn options() -> Options {
         "FPS",
     );
     opts.optflag("b", "both", "media: stream in both directions of each pair");
+    opts.optflag(
+        "",
+        "reconnect",
+        "calls: the callee registers again on a new connection after every call",
+    );
     opts.optopt(
         "",
         "window",
@@ -489,13 +496,12 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
             media::run(&common, &options).map_err(failed)?
         }
         "calls" => {
-            let pairs = parse_number(&matches, "pairs", 10usize, 1, 9_000)?;
-            calls::run(
-                &common,
-                pairs,
-                parse_framing(&matches, Framing::LengthPrefixed)?,
-            )
-            .map_err(failed)?
+            let options = calls::Options {
+                pairs: parse_number(&matches, "pairs", 10usize, 1, 9_000)?,
+                framing: parse_framing(&matches, Framing::LengthPrefixed)?,
+                reconnect: matches.opt_present("reconnect"),
+            };
+            calls::run(&common, &options).map_err(failed)?
         }
         "idle" => {
             let options = idle::IdleOptions {
