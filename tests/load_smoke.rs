@@ -773,6 +773,8 @@ fn media_and_calls_speak_tls_to_a_tls_relay() {
         &file("relay.pem"),
         "--tls-key",
         &file("relay.key"),
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]);
     let ca = file("ca.pem");
     let paced = run_at(
@@ -811,7 +813,41 @@ fn media_and_calls_speak_tls_to_a_tls_relay() {
         ),
     );
     assert_eq!(wrong.code, Some(1), "{wrong}");
-    assert_bad_use(&["idle", "--tls", "--connections", "1"], "TLS");
+    // idle over TLS: while it holds, every connection it holds is a TLS
+    // connection at the relay.
+    let addr = relay.addr().to_string();
+    let mut idle = spawn(&[
+        "idle",
+        "--addr",
+        &addr,
+        "--tls-ca",
+        &ca,
+        "--connections",
+        "20",
+        "--duration",
+        "3",
+        "--heartbeat",
+        "0.5",
+        "--json",
+    ]);
+    idle.wait_stderr("holding 20 of 20");
+    let metrics = common::scrape(relay.metrics_addr());
+    let tls = "callrelay_connections_by_transport{transport=\"tls\"}";
+    assert_eq!(common::sample(&metrics, tls), 20, "{metrics}");
+    let idle = idle.finish();
+    assert_eq!(num(idle.json(), "held"), 20.0, "{idle}");
+    assert_eq!(num(idle.json(), "errors"), 0.0, "{idle}");
+    // mixed over TLS (hostile and silent connections too), and nothing left behind.
+    let metrics = relay.metrics_addr();
+    let mixed = run_at(
+        relay.addr(),
+        &format!("mixed --tls-ca {ca} --pairs 2 --duration 1 --metrics {metrics}"),
+    );
+    assert_eq!(num(mixed.json(), "errors"), 0.0, "{mixed}");
+    assert!(num(mixed.json(), "rounds") > 0.0, "{mixed}");
+    assert!(mixed.json().contains("\"leak_free\":true"), "{mixed}");
+    // sink makes no client connections.
+    assert_bad_use(&["sink", "--tls", "--listen", "127.0.0.1:0"], "TLS");
     let help = run(&["--help"]);
     assert_mentions_every(
         &help.stdout,

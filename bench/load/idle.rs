@@ -22,6 +22,7 @@ use socket2::{Domain, Socket, Type};
 use crate::proc_stats::{self, Window};
 use crate::report::Json;
 use crate::session;
+use crate::tls::{self, Stream};
 use crate::{Common, Outcome, Progress};
 
 /// Connections being opened at once (the relay's listen backlog is finite).
@@ -50,7 +51,7 @@ enum State {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream<TcpStream>,
     user: String,
     state: State,
     input: Vec<u8>,
@@ -87,6 +88,7 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
                         Token(index),
                         Interest::READABLE | Interest::WRITABLE,
                     )?;
+                    let stream = tls::client(stream, common.addr)?;
                     let user = format!("{prefix}-{index}");
                     let mut output = Vec::new();
                     encode_client(
@@ -127,7 +129,7 @@ pub fn run(common: &Common, options: &IdleOptions) -> io::Result<Outcome> {
         for event in events.iter() {
             let conn = &mut conns[event.token().0];
             if conn.state == State::Connecting {
-                if conn.stream.peer_addr().is_ok() {
+                if conn.stream.sock.peer_addr().is_ok() {
                     conn.state = State::Registered;
                     connecting -= 1;
                 } else if event.is_error() || event.is_write_closed() || event.is_read_closed() {
@@ -283,6 +285,10 @@ fn open(addr: SocketAddr, index: usize, sources: u8) -> io::Result<TcpStream> {
 fn service(conn: &mut Conn, buffer: &mut [u8], framing: Framing) {
     if matches!(conn.state, State::Connecting | State::Failed) {
         return;
+    }
+    // TLS records still queued from an earlier write go first.
+    if conn.stream.flush_pending().is_err() {
+        return fail(conn);
     }
     while !conn.output.is_empty() {
         match conn.stream.write(&conn.output) {

@@ -131,9 +131,9 @@ Modes:
   sink    accept connections on --listen and read media frames for --duration
           seconds (the far end of a pipe set up by hand).
 
-TLS: media (every target) and calls take --tls (the client sockets speak TLS;
---tls-ca FILE pins the CA); media --target pipe/direct take --sink-cert and
---sink-key (the sink accepts TLS). idle, mixed and sink refuse them.
+TLS: media (every target), calls, idle and mixed take --tls (the client
+sockets speak TLS; --tls-ca FILE pins the CA); media --target pipe/direct and
+sink take --sink-cert and --sink-key (the sink accepts TLS).
 
 With --server-pid PID the server's CPU seconds (user+sys) and peak RSS over the
 measured window are read from /proc, with CPU seconds per GiB and per frame.
@@ -271,7 +271,7 @@ fn options() -> Options {
     opts.optflag(
         "",
         "tls",
-        "media/calls: the client sockets speak TLS (without --tls-ca the server's certificate is not checked)",
+        "media/calls/idle/mixed: the client sockets speak TLS (without --tls-ca the server's certificate is not checked)",
     );
     opts.optopt(
         "",
@@ -282,13 +282,13 @@ fn options() -> Options {
     opts.optopt(
         "",
         "sink-cert",
-        "media --target pipe/direct: the sink accepts TLS with this certificate chain (PEM)",
+        "media --target pipe/direct, sink: the sink accepts TLS with this certificate chain (PEM)",
         "FILE",
     );
     opts.optopt(
         "",
         "sink-key",
-        "media --target pipe/direct: the private key of --sink-cert (PEM)",
+        "media --target pipe/direct, sink: the private key of --sink-cert (PEM)",
         "FILE",
     );
     opts.optflag("q", "quiet", "no progress lines on stderr");
@@ -393,15 +393,16 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
             ));
         }
     };
-    if (tls_client || tls_sink) && !matches!(mode.as_str(), "media" | "calls") {
-        return Err(UsageError(format!(
-            "{mode} does not speak TLS (--tls, --tls-ca, --sink-cert: media and calls only)"
-        )));
-    }
-    if tls_sink && mode == "calls" {
+    if tls_client && mode == "sink" {
         return Err(UsageError(
-            "--sink-cert: calls has no sink (media --target pipe or direct)".to_owned(),
+            "--tls, --tls-ca: sink makes no client connections (--sink-cert/--sink-key make it accept TLS)"
+                .to_owned(),
         ));
+    }
+    if tls_sink && !matches!(mode.as_str(), "media" | "sink") {
+        return Err(UsageError(format!(
+            "--sink-cert: {mode} has no sink (media --target pipe or direct, or sink)"
+        )));
     }
     if tls_client {
         tls::enable_client(

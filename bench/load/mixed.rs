@@ -21,6 +21,7 @@ use callrelay::protocol::qdatastream::QString;
 use crate::proc_stats;
 use crate::report::Json;
 use crate::session::{self, Session};
+use crate::tls::{self, Stream};
 use crate::{Common, Outcome, Progress};
 
 /// Counts shared by the workers.
@@ -257,15 +258,27 @@ fn read_media(session: &mut Session, count: usize) -> io::Result<Vec<u8>> {
 
 /// A registered connection that sends garbage: it must get an ERROR and be closed.
 fn hostile(addr: SocketAddr, name: &str) -> io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&addr, session::STEP_TIMEOUT)?;
+    let mut stream = connect(addr)?;
     let user = format!("{name}x");
     let mut bytes = vec![7, 0, user.len() as u8];
     bytes.extend_from_slice(user.as_bytes());
     bytes.extend_from_slice(&[0x42, 0xFF, 0x00, 0x13, 0x37]);
     stream.write_all(&bytes)?;
-    stream.set_read_timeout(Some(session::STEP_TIMEOUT))?;
+    stream.flush()?;
+    stream.sock.set_read_timeout(Some(session::STEP_TIMEOUT))?;
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
+    // To the end of the stream (a TLS relay may end it without
+    // close_notify once the ERROR is out: that counts as the end too).
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(count) => answer.extend_from_slice(&chunk[..count]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if !answer.is_empty() && error.kind() != io::ErrorKind::WouldBlock => break,
+            Err(error) => return Err(error),
+        }
+    }
     if answer.first() != Some(&0x20) {
         return Err(io::Error::other(format!(
             "garbage did not get an ERROR: {answer:02x?}"
@@ -276,9 +289,17 @@ fn hostile(addr: SocketAddr, name: &str) -> io::Result<()> {
 
 /// A connection that sends two bytes and leaves (no framing chosen).
 fn silent(addr: SocketAddr) -> io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&addr, session::STEP_TIMEOUT)?;
+    let mut stream = connect(addr)?;
     stream.write_all(&[7, 0])?;
-    Ok(())
+    stream.flush()
+}
+
+/// A new connection to the relay, TLS with `--tls` (handshake done).
+fn connect(addr: SocketAddr) -> io::Result<Stream<TcpStream>> {
+    let stream = TcpStream::connect_timeout(&addr, session::STEP_TIMEOUT)?;
+    let mut stream = tls::client(stream, addr)?;
+    stream.handshake(session::STEP_TIMEOUT)?;
+    Ok(stream)
 }
 
 /// After the clients left: the relay's gauges must return to zero.

@@ -13,6 +13,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::payload::{self, MediaStream};
 use crate::report::{self, Json};
+use crate::tls::{self, Stream};
 use crate::{Common, Outcome, Progress};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -31,7 +32,7 @@ pub fn run(
     if !common.quiet {
         eprintln!("sink listening on {}", listener.local_addr()?);
     }
-    let mut conns: Vec<(TcpStream, MediaStream, bool)> = Vec::new();
+    let mut conns: Vec<(Stream<TcpStream>, MediaStream, bool)> = Vec::new();
     let (mut frames, mut bytes, mut errors) = (0u64, 0u64, 0u64);
     let mut latency = report::latency_histogram();
     let mut buffer = vec![0u8; 256 * 1024];
@@ -53,18 +54,24 @@ pub fn run(
         for event in events.iter() {
             if event.token() == LISTENER {
                 while let Ok((mut stream, _)) = listener.accept() {
+                    // Writable too: a TLS sink's handshake answers may wait
+                    // for room in the socket.
                     poll.registry().register(
                         &mut stream,
                         Token(conns.len()),
-                        Interest::READABLE,
+                        Interest::READABLE | Interest::WRITABLE,
                     )?;
-                    conns.push((stream, MediaStream::new(framing, size), false));
+                    conns.push((tls::sink(stream)?, MediaStream::new(framing, size), false));
                 }
                 continue;
             }
             let Some((stream, parser, closed)) = conns.get_mut(event.token().0) else {
                 continue;
             };
+            if !*closed && stream.flush_pending().is_err() {
+                *closed = true;
+                errors += 1;
+            }
             while !*closed {
                 let count = match stream.read(&mut buffer) {
                     Ok(0) => {
