@@ -168,3 +168,43 @@ mod tests {
         assert_eq!(id.as_str().len(), 36);
     }
 }
+
+/// A cluster node's id (`--node-id`, PROTOCOL.md section 11).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// A node id: 1-64 bytes of `[A-Za-z0-9._:-]` (it is part of Redis keys
+    /// and of the directory's values, which are split at spaces).
+    pub fn new(text: &str) -> Option<NodeId> {
+        let valid = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b));
+        valid.then(|| NodeId(text.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl CallId {
+    /// A call id received from another node: it must have the UUID shape.
+    pub fn parse(text: &str) -> Option<CallId> {
+        let shape = text.len() == 36
+            && text.bytes().enumerate().all(|(i, b)| match i {
+                8 | 13 | 18 | 23 => b == b'-',
+                _ => b.is_ascii_hexdigit(),
+            });
+        shape.then(|| CallId(text.to_owned()))
+    }
+}

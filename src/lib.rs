@@ -13,11 +13,14 @@
 //!   [`relay::Action`]s; no sockets, no buffers.
 //! - [`server`]: the single-threaded mio poll loop that owns a slab of
 //!   connections and applies the relay's actions.
+//! - [`cluster`]: the cluster's directory, Redis codec and trunk framing
+//!   (no I/O; the server drives them).
 //! - [`config`]: command-line options, defaults and validation.
 //! - [`ids`]: identifier newtypes shared by the layers.
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod ids;
 pub mod metrics;

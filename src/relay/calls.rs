@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use crate::ids::{CallId, ConnId, UserId};
+use crate::ids::{CallId, ConnId, NodeId, UserId};
 
-/// Whether a party's user has a connection (PROTOCOL.md section 8.3).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether a party's user has a connection (PROTOCOL.md section 8.3), or
+/// is on another node of the cluster (section 11).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attachment {
     /// This connection is the party.
     Attached(ConnId),
@@ -17,6 +18,9 @@ pub enum Attachment {
         /// When the resume window ends.
         until: Instant,
     },
+    /// The party's user is on this other node: what it must hear goes
+    /// there as a [`crate::relay::NodeEvent`].
+    Remote(NodeId),
 }
 
 /// One side of a call.
@@ -37,11 +41,27 @@ impl Party {
         }
     }
 
-    /// Its connection, if it is attached.
+    /// A party on another node.
+    pub fn remote(node: NodeId, user: UserId) -> Party {
+        Party {
+            at: Attachment::Remote(node),
+            user,
+        }
+    }
+
+    /// Its connection, if it is attached here.
     pub fn conn(&self) -> Option<ConnId> {
         match self.at {
             Attachment::Attached(conn) => Some(conn),
-            Attachment::Detached { .. } => None,
+            Attachment::Detached { .. } | Attachment::Remote(_) => None,
+        }
+    }
+
+    /// The node it is on, if another.
+    pub fn node(&self) -> Option<&NodeId> {
+        match &self.at {
+            Attachment::Remote(node) => Some(node),
+            _ => None,
         }
     }
 }
@@ -112,6 +132,20 @@ impl Call {
         } else {
             &self.caller
         }
+    }
+
+    /// The party that is not on another node (every call has one here).
+    pub fn local_party(&self) -> &Party {
+        if self.caller.node().is_some() {
+            &self.callee
+        } else {
+            &self.caller
+        }
+    }
+
+    /// True if a party is on `node`.
+    pub fn has_party_on(&self, node: &NodeId) -> bool {
+        self.caller.node() == Some(node) || self.callee.node() == Some(node)
     }
 
     /// The party other than `conn`.

@@ -9,6 +9,7 @@
 pub mod call_id;
 pub mod calls;
 pub mod registry;
+mod remote;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,13 +17,14 @@ use std::time::{Duration, Instant};
 use log::{debug, info};
 
 use crate::auth::{AuthMode, Keys, TokenError};
-use crate::ids::{CallId, ConnId, USER_ID_MAX_BYTES, UserId, UserIdError};
+use crate::ids::{CallId, ConnId, NodeId, USER_ID_MAX_BYTES, UserId, UserIdError};
 use crate::protocol::ErrorCode;
 use crate::protocol::frame::{ClientFrame, ServerFrame};
 use crate::protocol::qdatastream::{QStr, QString};
 use call_id::CallIdSource;
 use calls::{Attachment, Call, CallState, Calls, EndReason, Party, Role};
 use registry::Registry;
+use remote::{accepted, end, link, reject, tell};
 
 /// Something the server must do on the relay's behalf.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,12 +80,75 @@ pub enum Action {
         /// The connection.
         conn: ConnId,
     },
+    /// Media from `conn` now goes to its peer on another node.
+    LinkRemote {
+        /// The sender side.
+        conn: ConnId,
+        /// The node the peer is on.
+        node: NodeId,
+        /// The call that links them (it names the media on the trunk).
+        call_id: CallId,
+        /// The peer's user id.
+        peer_user: UserId,
+    },
+    /// Tell another node of the cluster (over the trunk to it).
+    Forward {
+        /// The node.
+        node: NodeId,
+        /// What happened.
+        event: NodeEvent,
+    },
     /// Call [`Relay::on_timer`] with `timer` at `at`.
     ArmTimer {
         /// When.
         at: Instant,
         /// What.
         timer: RelayTimer,
+    },
+}
+
+/// What one node tells another about the calls and messages of their
+/// users (PROTOCOL.md section 11; carried by the trunk, docs/cluster.md).
+/// Each names the user on the receiving node it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// `caller` (on the sending node) calls `callee` (here).
+    Ring {
+        /// The call (its id is the caller's node's).
+        call_id: CallId,
+        /// The caller.
+        caller: UserId,
+        /// The callee, on the receiving node.
+        callee: UserId,
+        /// The caller's isVideo byte.
+        video: u8,
+    },
+    /// The remote party accepted the call.
+    Accept {
+        /// The call.
+        call_id: CallId,
+    },
+    /// The call is refused or rejected with `reason` (busy, offline, or
+    /// the callee's own reason): its caller gets `4 callId reason`.
+    Reject {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: QString,
+    },
+    /// The call ended: the party here gets `5 callId`.
+    End {
+        /// The call.
+        call_id: CallId,
+    },
+    /// A TEXT from `from` (server-set on its node) to `to` (here).
+    Text {
+        /// The sender.
+        from: UserId,
+        /// The receiver.
+        to: UserId,
+        /// The text.
+        text: QString,
     },
 }
 
@@ -225,6 +290,8 @@ pub struct Relay {
     max_user_id: usize,
     ids: CallIdSource,
     stats: RelayStats,
+    /// Users online on other nodes of the cluster (the directory's view).
+    remote: HashMap<UserId, NodeId>,
 }
 
 impl Relay {
@@ -242,6 +309,7 @@ impl Relay {
             max_user_id: max_user_id.min(USER_ID_MAX_BYTES),
             ids: CallIdSource::new(),
             stats: RelayStats::default(),
+            remote: HashMap::new(),
         }
     }
 
@@ -407,12 +475,7 @@ impl Relay {
                         call_id: call_id.clone(),
                     },
                 });
-                out.push(Action::Link {
-                    conn,
-                    peer: other.conn(),
-                    call_id: call_id.clone(),
-                    peer_user: other.user.clone(),
-                });
+                out.push(link(conn, &other, call_id));
                 if let Some(other) = other.conn() {
                     out.push(Action::Relink {
                         conn: other,
@@ -452,7 +515,7 @@ impl Relay {
             return;
         };
         if departure == Departure::Ended || self.resume_window.is_zero() {
-            let other = call.other_party(conn).conn();
+            let other = call.other_party(conn).clone();
             self.end_call(&call_id, EndReason::PartyLeft, &[other], out);
             return;
         }
@@ -584,7 +647,7 @@ impl Relay {
                 let Some(call) = self.calls.get(call_id) else {
                     return;
                 };
-                let other = call.other_than_user(user).conn();
+                let other = call.other_than_user(user).clone();
                 info!("call {call_id}: {user} did not come back within the resume window");
                 self.end_call(call_id, EndReason::ResumeExpired, &[other], out);
             }
@@ -599,24 +662,9 @@ impl Relay {
         if let CallState::Ringing { deadline } = call.state
             && now >= deadline
         {
-            let (caller, callee) = (call.caller.conn(), call.callee.conn());
-            if let Some(caller) = caller {
-                out.push(Action::Send {
-                    to: caller,
-                    frame: ServerFrame::CallReject {
-                        call_id: call_id.clone(),
-                        reason: QString::from_str("timeout"),
-                    },
-                });
-            }
-            if let Some(callee) = callee {
-                out.push(Action::Send {
-                    to: callee,
-                    frame: ServerFrame::CallEnd {
-                        call_id: call_id.clone(),
-                    },
-                });
-            }
+            let reason = QString::from_str("timeout");
+            tell(&call.caller, reject(call_id, reason), out);
+            tell(&call.callee, end(call_id), out);
             self.end_call(call_id, EndReason::RingTimeout, &[], out);
         }
     }
@@ -628,7 +676,7 @@ impl Relay {
             let Some(call) = self.calls.get(&call_id) else {
                 continue;
             };
-            let both = [call.caller.conn(), call.callee.conn()];
+            let both = [call.caller.clone(), call.callee.clone()];
             self.end_call(&call_id, EndReason::Shutdown, &both, out);
         }
         self.away.clear();
@@ -681,6 +729,8 @@ impl Relay {
                 Some("busy")
             }
             Some(user) => match self.registry.lookup(user) {
+                // On another node, that node decides (busy or offline).
+                None if self.remote.contains_key(user) => None,
                 None => Some("offline"),
                 Some(callee_conn) if self.in_call(callee_conn) => Some("busy"),
                 Some(_) => None,
@@ -703,30 +753,42 @@ impl Relay {
             });
             return;
         };
-        let Some(callee_conn) = self.registry.lookup(&callee_user) else {
-            return;
-        };
-        let deadline = now + self.ring_timeout;
-        info!("call {call_id}: {caller} -> {callee_user} ringing (video {video})");
-        self.stats.calls_started += 1;
-        out.push(Action::Send {
-            to: callee_conn,
-            frame: ServerFrame::CallRequest {
-                call_id: call_id.clone(),
-                caller: caller.clone(),
-                video,
+        let callee = match self.registry.lookup(&callee_user) {
+            Some(callee_conn) => Party::attached(callee_conn, callee_user),
+            None => match self.remote.get(&callee_user) {
+                Some(node) => Party::remote(node.clone(), callee_user),
+                None => return,
             },
-        });
+        };
+        // The caller's node keeps the ring timeout of every call it places.
+        let deadline = now + self.ring_timeout;
+        info!(
+            "call {call_id}: {caller} -> {}{} ringing (video {video})",
+            callee.user,
+            callee
+                .node()
+                .map(|node| format!(" on {node}"))
+                .unwrap_or_default()
+        );
+        self.stats.calls_started += 1;
+        let ring = ServerFrame::CallRequest {
+            call_id: call_id.clone(),
+            caller: caller.clone(),
+            video,
+        };
+        tell(&callee, ring, out);
         out.push(Action::ArmTimer {
             at: deadline,
             timer: RelayTimer::Ring(call_id.clone()),
         });
         self.set_call(conn, Some(call_id.clone()));
-        self.set_call(callee_conn, Some(call_id.clone()));
+        if let Some(callee_conn) = callee.conn() {
+            self.set_call(callee_conn, Some(call_id.clone()));
+        }
         self.calls.insert(Call {
             id: call_id,
             caller: Party::attached(conn, caller),
-            callee: Party::attached(callee_conn, callee_user),
+            callee,
             video,
             state: CallState::Ringing { deadline },
         });
@@ -746,22 +808,12 @@ impl Relay {
                 info!("call {call_id}: accepted by {}", call.callee.user);
                 let (caller, callee) = (call.caller.clone(), call.callee.clone());
                 for (me, peer) in [(&caller, &callee), (&callee, &caller)] {
-                    // A detached caller hears of it when it comes back.
-                    let Some(me_conn) = me.conn() else {
-                        continue;
-                    };
-                    out.push(Action::Send {
-                        to: me_conn,
-                        frame: ServerFrame::CallAccept {
-                            call_id: call_id.clone(),
-                        },
-                    });
-                    out.push(Action::Link {
-                        conn: me_conn,
-                        peer: peer.conn(),
-                        call_id: call_id.clone(),
-                        peer_user: peer.user.clone(),
-                    });
+                    // A detached caller hears of it when it comes back; a
+                    // caller on another node from its node.
+                    tell(me, accepted(&call_id), out);
+                    if let Some(me_conn) = me.conn() {
+                        out.push(link(me_conn, peer, &call_id));
+                    }
                 }
             }
             (Some(Role::Callee), CallState::Active) => {
@@ -784,7 +836,7 @@ impl Relay {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let both = [call.caller.conn(), call.callee.conn()];
+        let both = [call.caller.clone(), call.callee.clone()];
         match (call.role_of(conn), call.state) {
             (Some(Role::Callee), CallState::Ringing { .. }) => {
                 info!(
@@ -792,14 +844,8 @@ impl Relay {
                     call.callee.user,
                     reason.to_string_lossy()
                 );
-                for to in both.into_iter().flatten() {
-                    out.push(Action::Send {
-                        to,
-                        frame: ServerFrame::CallReject {
-                            call_id: call_id.clone(),
-                            reason: reason.to_owned_qstring(),
-                        },
-                    });
+                for party in &both {
+                    tell(party, reject(&call_id, reason.to_owned_qstring()), out);
                 }
                 self.end_call(&call_id, EndReason::Rejected, &[], out);
             }
@@ -818,7 +864,7 @@ impl Relay {
         let Some(call) = self.calls.get(&call_id) else {
             return;
         };
-        let both = [call.caller.conn(), call.callee.conn()];
+        let both = [call.caller.clone(), call.callee.clone()];
         self.end_call(&call_id, EndReason::Hangup, &both, out);
     }
 
@@ -826,6 +872,20 @@ impl Relay {
         let Some(from) = self.user_of(conn).cloned() else {
             return;
         };
+        if self.online_user(to).is_none()
+            && let Some((receiver, node)) = self.remote_user(to)
+        {
+            self.stats.texts_relayed += 1;
+            debug!("{conn} ({from}) TEXT to {receiver} on {node}");
+            let text = text.to_owned_qstring();
+            let event = NodeEvent::Text {
+                from,
+                to: receiver,
+                text,
+            };
+            out.push(Action::Forward { node, event });
+            return;
+        }
         match self.online_user(to) {
             Some(receiver) => {
                 self.stats.texts_relayed += 1;
@@ -855,13 +915,13 @@ impl Relay {
     }
 
     /// Removes a call, unlinks its attached parties and sends CALL_END to
-    /// `notify` (entries that are `None` are detached parties: they are
-    /// told when they come back within their window).
+    /// the parties in `notify` (detached parties are told when they come
+    /// back within their window; remote ones by their node).
     fn end_call(
         &mut self,
         call_id: &CallId,
         reason: EndReason,
-        notify: &[Option<ConnId>],
+        notify: &[Party],
         out: &mut Vec<Action>,
     ) {
         let Some(call) = self.calls.remove(call_id) else {
@@ -876,16 +936,12 @@ impl Relay {
         if let Some(index) = EndReason::ALL.iter().position(|r| *r == reason) {
             self.stats.calls_ended[index] += 1;
         }
-        for to in notify.iter().flatten() {
-            out.push(Action::Send {
-                to: *to,
-                frame: ServerFrame::CallEnd {
-                    call_id: call_id.clone(),
-                },
-            });
+        for party in notify {
+            tell(party, end(call_id), out);
         }
         for party in [&call.caller, &call.callee] {
             match party.at {
+                Attachment::Remote(_) => {}
                 Attachment::Attached(conn) => {
                     self.set_call(conn, None);
                     if call.state == CallState::Active {
