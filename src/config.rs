@@ -125,8 +125,32 @@ pub struct Config {
     pub auth: AuthOptions,
     /// TLS on the client listener.
     pub tls: TlsOptions,
+    /// `--reuse-port`: the client listener sets SO_REUSEPORT, so several
+    /// nodes on one machine share its port.
+    pub reuse_port: bool,
+    /// The cluster this node joins, if any (PROTOCOL.md section 11).
+    pub cluster: Option<ClusterOptions>,
     /// Timeouts.
     pub timeouts: Timeouts,
+}
+
+/// Cluster options (PROTOCOL.md section 11).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// `--cluster redis://HOST:PORT[/DB]`: Redis's address.
+    pub redis: SocketAddr,
+    /// The Redis database number.
+    pub redis_db: u32,
+    /// `--node-id`.
+    pub node_id: crate::ids::NodeId,
+    /// `--trunk-listen`: where other nodes dial this one.
+    pub trunk_listen: SocketAddr,
+    /// `--trunk-advertise`: the address other nodes are told to dial.
+    pub trunk_advertise: SocketAddr,
+    /// `--cluster-prefix`: of every Redis key and channel.
+    pub prefix: String,
+    /// `--cluster-secret-file`: trunks prove they hold this secret.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -143,6 +167,8 @@ impl Default for Config {
             send_lowat: DEFAULT_SEND_LOWAT,
             auth: AuthOptions::default(),
             tls: TlsOptions::default(),
+            reuse_port: false,
+            cluster: None,
             timeouts: Timeouts::default(),
         }
     }
@@ -354,6 +380,47 @@ fn options() -> Options {
         "serve Prometheus metrics on http://ADDR/metrics (default off)",
         "ADDR",
     );
+    opts.optflag(
+        "",
+        "reuse-port",
+        "set SO_REUSEPORT on the client listener, so several nodes on one machine share its port (one process per core)",
+    );
+    opts.optopt(
+        "",
+        "cluster",
+        "join the cluster whose directory is this Redis (6 or later); without it the node stands alone and needs no Redis",
+        "redis://HOST:PORT[/DB]",
+    );
+    opts.optopt(
+        "",
+        "node-id",
+        "this node's id in the cluster, 1-64 of [A-Za-z0-9._:-] (default: host name and client port)",
+        "ID",
+    );
+    opts.optopt(
+        "",
+        "trunk-listen",
+        "with --cluster: where other nodes connect to this one (default 127.0.0.1 and the client port + 1000; port 0: any free port)",
+        "ADDR",
+    );
+    opts.optopt(
+        "",
+        "trunk-advertise",
+        "with --cluster: the address other nodes dial to reach --trunk-listen (default: --trunk-listen; port 0: the port bound)",
+        "ADDR",
+    );
+    opts.optopt(
+        "",
+        "cluster-prefix",
+        "with --cluster: prefix of every Redis key and channel, so clusters can share a Redis (default callrelay:)",
+        "P",
+    );
+    opts.optopt(
+        "",
+        "cluster-secret-file",
+        "with --cluster: nodes prove on every trunk that they hold this secret (HMAC challenge); without it keep trunk ports private",
+        "FILE",
+    );
     opts.optopt(
         "",
         "stats-interval",
@@ -516,6 +583,8 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
     if let Some(listen) = matches.opt_str("metrics-listen") {
         config.metrics_listen = Some(parse_addr(&listen)?);
     }
+    config.reuse_port = matches.opt_present("reuse-port");
+    config.cluster = parse_cluster(&matches, config.listen)?;
     if let Some(count) = matches.opt_str("max-per-ip") {
         config.max_per_ip = parse_count_or_zero(&count, "max-per-ip")?;
     }
@@ -710,6 +779,111 @@ pub fn parse_size(text: &str) -> Option<usize> {
         _ => (text, 1),
     };
     digits.parse::<usize>().ok()?.checked_mul(unit)
+}
+
+/// The cluster options, if `--cluster` is given (the others need it).
+fn parse_cluster(
+    matches: &getopts::Matches,
+    listen: SocketAddr,
+) -> Result<Option<ClusterOptions>, ConfigError> {
+    let Some(url) = matches.opt_str("cluster") else {
+        for name in [
+            "node-id",
+            "trunk-listen",
+            "trunk-advertise",
+            "cluster-prefix",
+            "cluster-secret-file",
+        ] {
+            if matches.opt_present(name) {
+                return Err(ConfigError::new(format!("--{name} needs --cluster")));
+            }
+        }
+        return Ok(None);
+    };
+    let (redis, redis_db) = parse_redis_url(&url)?;
+    let node_id = match matches.opt_str("node-id") {
+        Some(id) => crate::ids::NodeId::new(&id).ok_or_else(|| {
+            ConfigError::new(format!(
+                "--node-id {id:?}: 1-64 characters of A-Z, a-z, 0-9, '.', '-', '_', ':'"
+            ))
+        })?,
+        None => default_node_id(listen.port())?,
+    };
+    let trunk_listen = match matches.opt_str("trunk-listen") {
+        Some(addr) => parse_addr(&addr)?,
+        // Client port 0 (any): trunk port any too.
+        None if listen.port() == 0 => SocketAddr::from(([127, 0, 0, 1], 0)),
+        None => {
+            let port = listen.port().checked_add(1000).ok_or_else(|| {
+                ConfigError::new("--trunk-listen: give it (the client port + 1000 is no port)")
+            })?;
+            SocketAddr::from(([127, 0, 0, 1], port))
+        }
+    };
+    let trunk_advertise = match matches.opt_str("trunk-advertise") {
+        Some(addr) => parse_addr(&addr)?,
+        None => trunk_listen,
+    };
+    if trunk_advertise.ip().is_unspecified() {
+        return Err(ConfigError::new(format!(
+            "--trunk-advertise {trunk_advertise}: other nodes cannot dial an unspecified address; give the address they reach this node on"
+        )));
+    }
+    let prefix = matches
+        .opt_str("cluster-prefix")
+        .unwrap_or_else(|| "callrelay:".to_owned());
+    if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
+        return Err(ConfigError::new(format!(
+            "--cluster-prefix {prefix:?}: 1-64 characters, no spaces"
+        )));
+    }
+    Ok(Some(ClusterOptions {
+        redis,
+        redis_db,
+        node_id,
+        trunk_listen,
+        trunk_advertise,
+        prefix,
+        secret_file: matches.opt_str("cluster-secret-file").map(PathBuf::from),
+    }))
+}
+
+/// `redis://HOST:PORT[/DB]` (HOST an address or a name resolved once).
+fn parse_redis_url(url: &str) -> Result<(SocketAddr, u32), ConfigError> {
+    let bad =
+        |why: &str| ConfigError::new(format!("--cluster {url:?}: {why} (redis://HOST:PORT[/DB])"));
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| bad("must start with redis://"))?;
+    let (host_port, db) = match rest.split_once('/') {
+        Some((host_port, "")) => (host_port, 0),
+        Some((host_port, db)) => (
+            host_port,
+            db.parse::<u32>()
+                .map_err(|_| bad("the database must be a number"))?,
+        ),
+        None => (rest, 0),
+    };
+    use std::net::ToSocketAddrs;
+    let addr = host_port
+        .to_socket_addrs()
+        .map_err(|error| bad(&format!("cannot resolve {host_port:?}: {error}")))?
+        .next()
+        .ok_or_else(|| bad("the host has no address"))?;
+    Ok((addr, db))
+}
+
+/// The host name and the client port.
+fn default_node_id(port: u16) -> Result<crate::ids::NodeId, ConfigError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "node".to_owned());
+    let id = format!("{host}:{port}");
+    crate::ids::NodeId::new(&id).ok_or_else(|| {
+        ConfigError::new(format!(
+            "the default node id {id:?} is not valid: give --node-id"
+        ))
+    })
 }
 
 #[cfg(test)]

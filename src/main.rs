@@ -65,6 +65,33 @@ fn main() -> ExitCode {
     if let Some(tls) = tls {
         server.set_tls(tls);
     }
+    if let Some(cluster) = config.cluster.clone() {
+        let secret = match &cluster.secret_file {
+            Some(path) => match std::fs::read(path) {
+                Ok(bytes) if bytes.trim_ascii().len() >= 16 => Some(bytes.trim_ascii().to_vec()),
+                Ok(_) => {
+                    eprintln!(
+                        "callrelay: --cluster-secret-file {}: the secret must be at least 16 bytes",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+                Err(error) => {
+                    eprintln!(
+                        "callrelay: --cluster-secret-file {}: {error}",
+                        path.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
+        let trunk = cluster.trunk_listen;
+        if let Err(error) = server.join_cluster(cluster, secret) {
+            eprintln!("callrelay: cannot listen for trunks on {trunk}: {error}");
+            return ExitCode::from(2);
+        }
+    }
     if let Err(error) = server.handle_signals() {
         eprintln!("callrelay: cannot handle signals: {error}");
         return ExitCode::from(2);

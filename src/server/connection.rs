@@ -73,6 +73,10 @@ pub struct MediaLink {
     /// A seed connection that has sent media in this call is in "media
     /// mode" until the call ends (PROTOCOL.md section 4).
     pub media_mode: bool,
+    /// The node the peer is on, if another (its media goes to the trunk).
+    pub remote: Option<crate::ids::NodeId>,
+    /// A media frame whose first piece went to the trunk is in progress.
+    pub remote_body: bool,
 }
 
 impl MediaLink {
@@ -94,6 +98,8 @@ impl MediaLink {
             call_id,
             end_refs,
             media_mode: false,
+            remote: None,
+            remote_body: false,
         }
     }
 }

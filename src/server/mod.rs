@@ -4,6 +4,7 @@
 //! module touches sockets.
 
 pub mod buffer;
+pub mod cluster;
 pub mod connection;
 pub mod event_loop;
 pub mod log_budget;

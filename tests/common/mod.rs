@@ -904,7 +904,7 @@ impl RelayProcess {
 
     /// Spawns `command` (the relay, possibly wrapped), captures its log and
     /// waits for its listening address.
-    fn spawn_command(mut command: Command) -> RelayProcess {
+    pub fn spawn_command(mut command: Command) -> RelayProcess {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (sender, lines) = channel();
         let shared = Arc::clone(&log);

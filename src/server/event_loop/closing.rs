@@ -88,8 +88,14 @@ impl Server {
         if let Some((dest, remaining)) = cut_short {
             self.pad_frame(id, dest, remaining);
         }
+        let user = self.relay.user_of(id).cloned();
         self.relay
             .leave(id, reason.departure(), self.now, &mut self.actions);
+        if let Some(user) = user
+            && self.relay.local_conn(&user).is_none()
+        {
+            self.cluster_unregistered(&user);
+        }
         let _ = self.apply_actions();
         self.wake(id, Wake::All);
         self.timers.arm(deadline, TimerKey::Linger(id));

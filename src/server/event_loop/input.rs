@@ -295,6 +295,9 @@ impl Server {
     /// liveness deadline follows the idle timeout from now on.
     fn registered(&mut self, id: ConnId) {
         self.unregistered -= 1;
+        if let Some(user) = self.relay.user_of(id).cloned() {
+            self.cluster_registered(&user);
+        }
         let level = self.budgeted("registered", log::Level::Info);
         if let Some(conn) = self.conn(id) {
             log!(

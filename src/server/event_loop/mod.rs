@@ -19,6 +19,7 @@
 
 mod admission;
 mod closing;
+mod cluster;
 mod input;
 mod operations;
 mod output;
@@ -96,6 +97,8 @@ pub(super) enum TimerKey {
     Stall(ConnId, Instant),
     /// The relay's own timer.
     Relay(RelayTimer),
+    /// The cluster's housekeeping.
+    ClusterTick,
 }
 
 /// Why a connection is being closed.
@@ -184,6 +187,8 @@ pub struct Server {
     auth_failures: admission::AuthFailures,
     /// The TLS configuration new connections get, if TLS is on.
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// The cluster's connections, if this node is in one.
+    cluster: Option<Box<super::cluster::ClusterIo>>,
 }
 
 /// Whether the server runs or is shutting down.
@@ -214,7 +219,7 @@ impl Server {
     /// Binds the listener and prepares the loop.
     pub fn bind(config: Config) -> io::Result<Server> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let mut listener = bind_listener(config.listen, config.reuse_port)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let local_addr = listener.local_addr()?;
@@ -275,6 +280,7 @@ impl Server {
             log_budget: LogBudget::new(log_budget::LINES_PER_SECOND),
             auth_failures: admission::AuthFailures::default(),
             tls: None,
+            cluster: None,
         })
     }
 
@@ -368,6 +374,7 @@ impl Server {
                     signalled = true;
                     continue;
                 }
+                token if self.cluster_event(token) => continue,
                 Token(token) if token >= METRICS_BASE => {
                     self.metrics_event(
                         token - METRICS_BASE,
@@ -404,6 +411,7 @@ impl Server {
         self.fire_timers();
         self.compact_timers();
         self.flush_dirty();
+        self.flush_cluster();
         self.reap_closed();
         Ok(match self.lifecycle {
             Lifecycle::Draining { deadline } if self.conns.is_empty() || self.now >= deadline => {
@@ -452,6 +460,22 @@ impl Server {
     pub(super) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Connection> {
         self.conns.get_mut(id.index()).filter(|conn| conn.id == id)
     }
+}
+
+/// The client listener (with `reuse_port`, sharing its port with other
+/// processes that set it too: one node per core).
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    if !reuse_port {
+        return TcpListener::bind(addr);
+    }
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 #[cfg(test)]

@@ -105,6 +105,7 @@ impl Server {
             Action::Relink { conn, peer } => {
                 if let Some(link) = self.conn_mut(conn).and_then(|c| c.link.as_mut()) {
                     link.peer = peer;
+                    link.remote = None;
                 }
             }
             Action::Unlink { conn } => {
@@ -116,6 +117,20 @@ impl Server {
                     }
                 }
             }
+            Action::LinkRemote {
+                conn,
+                node,
+                call_id,
+                peer_user,
+            } => {
+                if let Some(conn) = self.conn_mut(conn) {
+                    let mut link = MediaLink::new(None, call_id, peer_user.as_str());
+                    link.remote = Some(node);
+                    conn.link = Some(Box::new(link));
+                    conn.grace_until = None;
+                }
+            }
+            Action::Forward { node, event } => self.forward(node, event),
             Action::ArmTimer { at, timer } => self.timers.arm(at, TimerKey::Relay(timer)),
         }
         None

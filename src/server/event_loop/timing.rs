@@ -23,6 +23,7 @@ impl Server {
                     }
                 }
                 TimerKey::AcceptRetry if self.lifecycle == Lifecycle::Running => self.accept_all(),
+                TimerKey::ClusterTick => self.cluster_tick(),
                 TimerKey::AcceptRetry | TimerKey::ShutdownDeadline => {}
                 TimerKey::LogSummary => {
                     if let Some((total, by_code)) = self.log_budget.take_summary() {
@@ -77,7 +78,8 @@ impl Server {
             TimerKey::AcceptRetry
             | TimerKey::Stats
             | TimerKey::ShutdownDeadline
-            | TimerKey::LogSummary => true,
+            | TimerKey::LogSummary
+            | TimerKey::ClusterTick => true,
             TimerKey::Metrics(_) => true,
             TimerKey::Stall(to, _) => alive(to),
             TimerKey::Relay(timer) => relay.timer_is_live(timer),

@@ -145,6 +145,25 @@ impl Server {
             return Step::Done;
         };
         let is_seed = conn.framing() == Some(crate::protocol::Framing::Seed);
+        if let Some(link) = conn.link.as_mut()
+            && let Some(node) = link.remote.clone()
+        {
+            link.media_mode |= is_seed;
+            if is_seed && payload_len == 0 {
+                return Step::Done;
+            }
+            let call_id = link.call_id.clone();
+            let complete = in_hand as u64 == u64::from(payload_len);
+            let range = header..header + in_hand;
+            let sent = self.media_to_trunk(id, &node, &call_id, range, Some(payload_len), complete);
+            if let Some(link) = self.conn_mut(id).and_then(|c| c.link.as_mut()) {
+                link.remote_body = !complete && sent;
+            }
+            if !complete && !sent {
+                self.set_outbound(id, Outbound::Discard { cut_short: None });
+            }
+            return Step::Done;
+        }
         let link = conn.link.as_mut().map(|link| {
             link.media_mode |= is_seed;
             link.peer
@@ -273,6 +292,18 @@ impl Server {
         let Some(conn) = self.conn(id) else {
             return Step::Done;
         };
+        if kind == BodyKind::Media
+            && let Some(link) = conn.link.as_ref()
+            && link.remote_body
+            && let Some(node) = link.remote.clone()
+        {
+            let call_id = link.call_id.clone();
+            self.media_to_trunk(id, &node, &call_id, 0..len, None, last);
+            if last && let Some(link) = self.conn_mut(id).and_then(|c| c.link.as_mut()) {
+                link.remote_body = false;
+            }
+            return Step::Done;
+        }
         let (outbound, remaining) = (conn.outbound, conn.parser.body_remaining());
         if let Some(to) = outbound.body_to() {
             let view = self.receiver_view(to);
