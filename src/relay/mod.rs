@@ -534,11 +534,24 @@ impl Relay {
             "call {call_id}: {user} detached; waiting {:?} for it to come back",
             self.resume_window
         );
+        self.await_return(call_id, user, session_token, until, out);
+    }
+
+    /// `user`, detached from `call_id`, may come back until `until` (only
+    /// with a token if `token`): remembered as away, its window timed.
+    fn await_return(
+        &mut self,
+        call_id: CallId,
+        user: UserId,
+        token: bool,
+        until: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.away.insert(
             user.clone(),
             AwayUser {
                 state: Away::InCall(call_id.clone()),
-                token: session_token,
+                token,
                 until,
             },
         );

@@ -13,7 +13,7 @@ use std::time::Instant;
 use log::{debug, info};
 
 use super::calls::{Attachment, Call, CallState, EndReason, Party};
-use super::{Action, Away, AwayUser, NodeEvent, Relay, RelayTimer};
+use super::{Action, Away, NodeEvent, Relay};
 use crate::ids::{CallId, ConnId, NodeId, UserId};
 use crate::protocol::frame::ServerFrame;
 use crate::protocol::qdatastream::{QStr, QString};
@@ -317,23 +317,9 @@ impl Relay {
                 });
             }
             info!("call {call_id}: {user} on {node} detached (node unreachable)");
-            self.away.insert(
-                user.clone(),
-                AwayUser {
-                    state: Away::InCall(call_id.clone()),
-                    // Only a token may take the call over when tokens are on.
-                    token: self.auth.is_some(),
-                    until,
-                },
-            );
-            out.push(Action::ArmTimer {
-                at: until,
-                timer: RelayTimer::Resume {
-                    call: call_id,
-                    user,
-                    until,
-                },
-            });
+            // Only a token may take the call over when tokens are on.
+            let token = self.auth.is_some();
+            self.await_return(call_id, user, token, until, out);
         }
     }
 }

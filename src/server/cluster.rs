@@ -223,19 +223,14 @@ impl ClusterIo {
 
     // ----- directory commands ------------------------------------------------
 
+    /// A registration script on this node's keys (users, events, its set).
     fn script(&mut self, script: &str, node_users: &str, args: &[&str]) {
-        let mut argv: Vec<&[u8]> = vec![
-            b"EVAL",
-            script.as_bytes(),
-            b"3",
-            self.keys.users.as_bytes(),
-            self.keys.events.as_bytes(),
-            node_users.as_bytes(),
+        let keys = [
+            self.keys.users.as_str(),
+            self.keys.events.as_str(),
+            node_users,
         ];
-        argv.extend(args.iter().map(|arg| arg.as_bytes()));
-        let owned: Vec<Vec<u8>> = argv.iter().map(|a| a.to_vec()).collect();
-        let refs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-        send_command(&mut self.commands, &refs, Pending::Ignore);
+        eval(&mut self.commands, script, &keys, args);
     }
 
     /// A user registered here: publish it (newest wins across nodes).
@@ -544,9 +539,8 @@ impl ClusterIo {
             }
         }
         // Greeting: up once the other node is known (and proven).
-        if trunk.proven && trunk.node.is_some() {
+        if let (true, Some(node)) = (trunk.proven, trunk.node.clone()) {
             trunk.state = TrunkState::Up;
-            let node = trunk.node.clone().unwrap_or_else(|| me.clone());
             info!("cluster: trunk to {node} up");
             self.dial_backoff.remove(&node);
             if let Some(queued) = self.pending.remove(&node) {
@@ -939,18 +933,14 @@ impl ClusterIo {
                     .collect();
                 for dead in self.directory.node_table(entries, unix_ms()) {
                     warn!("cluster: node {dead} missed its heartbeats; removing it and its users");
-                    let args = [
-                        self.keys.users.clone(),
-                        self.keys.events.clone(),
-                        self.keys.node_users(&dead),
-                        self.keys.nodes.clone(),
+                    let dead_users = self.keys.node_users(&dead);
+                    let keys = [
+                        self.keys.users.as_str(),
+                        self.keys.events.as_str(),
+                        dead_users.as_str(),
+                        self.keys.nodes.as_str(),
                     ];
-                    let argv: Vec<&[u8]> = [b"EVAL".as_slice(), directory::REAP.as_bytes(), b"4"]
-                        .into_iter()
-                        .chain(args.iter().map(|a| a.as_bytes()))
-                        .chain([dead.as_str().as_bytes()])
-                        .collect();
-                    send_command(&mut self.commands, &argv, Pending::Ignore);
+                    eval(&mut self.commands, directory::REAP, &keys, &[dead.as_str()]);
                 }
             }
             Pending::UsersLoad => {
@@ -1017,6 +1007,14 @@ fn send_command(redis: &mut RedisConn, args: &[&[u8]], pending: Pending) {
     }
     resp::command(args, &mut redis.output);
     redis.pending.push_back((pending, Instant::now()));
+}
+
+/// `EVAL script numkeys keys... args...` (its reply is not needed).
+fn eval(redis: &mut RedisConn, script: &str, keys: &[&str], args: &[&str]) {
+    let count = keys.len().to_string();
+    let mut argv: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), count.as_bytes()];
+    argv.extend(keys.iter().chain(args).map(|arg| arg.as_bytes()));
+    send_command(redis, &argv, Pending::Ignore);
 }
 
 /// An HGETALL reply's (field, value) pairs.

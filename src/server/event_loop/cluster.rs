@@ -188,7 +188,6 @@ impl Server {
         self.scratch = bytes;
         self.counters.media_frames_relayed += 1;
         self.counters.media_bytes_relayed += payload.len() as u64;
-        self.mark_dirty(to);
     }
 
     /// Media bytes of `id` (its input `range`) for its peer on `node`:
