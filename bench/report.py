@@ -32,6 +32,7 @@ CONTENDED_CPUS = 0.1
 FLOOD_1K = [(framing, pairs) for framing in ("seed", "framed") for pairs in (1, 100)]
 TARGETS = ("relay", "direct", "pipe")
 PACED = "paced160-framed-p1000"
+CLUSTER = "cluster160-p1000"
 FLOOD_64K = "flood64k-framed-p10"
 # The 1 KiB flood over TLS (framed): relay with TLS clients, the same relay with plain clients, HAProxy with TLS
 # on both sides.
@@ -390,6 +391,15 @@ def build(machine, runs, order, out_dir):
             f"(e) 1 KiB flood over TLS, framed, {plural(pairs, 'pair')}: relay {fmt(relay.get(*gib), 3)} vs HAProxy "
             f"(TLS on both sides) {fmt(pipe.get(*gib), 3)} CPU-s/GiB, ratio **{fmt(r, 2)}** ≤ 1.0 (every run: relay "
             f"{relay.values(3)}; HAProxy {pipe.values(3)})" + problem(relay, pipe)))
+    cross, same = group(CLUSTER, "cross", per_frame), group(CLUSTER, "same", per_frame)
+    r = ratio(cross.get(*per_frame), same.get(*per_frame))
+    lost = [get(run, "frames_lost") for run in cross.runs]
+    checks.append(verdict(
+        cross.all_ok and same.all_ok and r is not None and r <= 1.3 and all(value == 0 for value in lost),
+        f"(f) cluster, 1000 audio pairs, caller on node A and callee on node B: both nodes' CPU "
+        f"{fmt(cross.get(*per_frame), 2)} vs {fmt(same.get(*per_frame), 2)} CPU-µs/frame with all pairs on A, "
+        f"ratio **{fmt(r, 2)}** ≤ 1.3, frames lost {' / '.join(fmt(value) for value in lost) or '-'} = 0 "
+        f"(every run: cross {cross.values(2)}; same {same.values(2)})" + problem(cross, same)))
     lines.extend(checks)
     add("")
 
@@ -536,15 +546,48 @@ def build(machine, runs, order, out_dir):
     rows = []
     medians = {}
     for kind, label in (("bare", "bare ids"), ("token", "tokens")):
-        group = Group(runs, f"calls-reconnect-{kind}", "relay", ("server", "cpu_us_per_call"))
-        medians[kind] = group.get("server", "cpu_us_per_call")
-        rows.append([label, fmt(group.get("calls_per_s"), 0), fmt(group.get("calls")),
-                     fmt(group.get("server", "cpu_us_per_call"), 1), group.values(1), group.status()])
+        registrations = Group(runs, f"calls-reconnect-{kind}", "relay", ("server", "cpu_us_per_call"))
+        medians[kind] = registrations.get("server", "cpu_us_per_call")
+        rows.append([label, fmt(registrations.get("calls_per_s"), 0), fmt(registrations.get("calls")),
+                     fmt(registrations.get("server", "cpu_us_per_call"), 1), registrations.values(1),
+                     registrations.status()])
     add(table(["registrations", "calls/s", "calls", "CPU µs/call", "every run (CPU µs/call)", "status"], rows))
     if None not in medians.values():
         add("")
         add(f"Token verification: **{fmt(medians['token'] - medians['bare'], 1)} µs** of relay CPU per "
             f"registration (medians; within run-to-run noise when small: see every run).")
+    add("")
+
+    add("## Cluster: two nodes on one Redis, 1000 audio pairs (160 B at 50 frames/s, framed)")
+    add("")
+    add("*cross*: every caller registers on node A, every callee on node B (`--addr A --addr B`): each frame "
+        "crosses the trunk. *same*: all pairs on node A. CPU is both nodes' summed (`--server-pid` twice), "
+        "runs interleaved; the table shows the median run by CPU µs per frame.")
+    add("")
+    rows = []
+    for target in ("cross", "same"):
+        g = group(CLUSTER, target, per_frame)
+        rows.append([target, fmt(g.get("frames_sent")), fmt(g.get("frames_lost")),
+                     fmt(g.get("latency_us", "p50"), 0), fmt(g.get("latency_us", "p99"), 0),
+                     fmt(g.get(*per_frame), 2), g.values(2), g.status()])
+    add(table(["pairs on", "frames sent", "lost", "p50 µs", "p99 µs", "CPU µs/frame (both nodes)",
+               "every run", "status"], rows))
+    add("")
+    redis = read_text(out_dir, "cluster-redis.txt")
+    counts = {}
+    for line in (redis or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            counts[parts[0]] = int(parts[2]) - int(parts[1])
+    for kind, run_id, what in (("calls", "cluster-calls-cross", "call set-up (and tear-down)"),
+                               ("reconnect", "cluster-register-cross", "registration (`calls --reconnect`)")):
+        run = runs.get(run_id)
+        calls = get(run, "calls") if run else None
+        if kind in counts and calls:
+            add(f"- Redis scripts (EVAL) per {what}, cross-node, 10 pairs: {counts[kind]} while "
+                f"{fmt(calls)} calls completed in the window = **{counts[kind] / calls:.2f}** (an upper bound: the "
+                f"count includes the run's warm-up and set-up and the departures of the run before). Besides "
+                f"scripts, each node sends 2 commands every 2 s (heartbeat HSET and HGETALL of the nodes).")
     add("")
 
     add("## Idle connections (relay, seed framing; a fresh relay with --max-connections 20000 for each)")

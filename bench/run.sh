@@ -10,7 +10,7 @@
 # exits non-zero at the end.
 #
 # BENCH_ONLY="tls calls" runs only the named scenario groups (flood, paced,
-# flood64k, slow, calls, idle, tls) and writes its report to
+# flood64k, slow, calls, idle, tls, cluster) and writes its report to
 # bench/out/RESULTS.md, leaving bench/RESULTS.md alone.
 set -euo pipefail
 
@@ -47,7 +47,7 @@ if [[ "$BENCH_NICE" != 0 && "$(nice -n "$BENCH_NICE" nice 2>/dev/null)" == "$((B
 fi
 HZ=$(getconf CLK_TCK)
 
-SCENARIOS="flood paced flood64k slow calls idle tls"
+SCENARIOS="flood paced flood64k slow calls idle tls cluster"
 ONLY=${BENCH_ONLY:-}
 for name in $ONLY; do
     [[ " $SCENARIOS " == *" $name "* ]] || { echo "BENCH_ONLY: unknown scenario $name (one of: $SCENARIOS)" >&2; exit 2; }
@@ -247,18 +247,24 @@ say "building (cargo build --release)"
 record "cargo build --release"
 cargo build --release
 
-if ! command -v haproxy >/dev/null 2>&1; then
-    say "haproxy is missing: installing it with apt-get"
+# ensure_package COMMAND PACKAGE: installs the Debian PACKAGE when COMMAND is missing.
+ensure_package() {
+    local command=$1 package=$2
+    command -v "$command" >/dev/null 2>&1 && return 0
+    say "$command is missing: installing $package with apt-get"
     SUDO=()
     if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "haproxy is not installed and this is not root (no sudo): install haproxy by hand"
+        command -v sudo >/dev/null 2>&1 || die "$package is not installed and this is not root (no sudo): install $package by hand"
         SUDO=(sudo)
     fi
-    record "${SUDO[*]:+${SUDO[*]} }apt-get update && ${SUDO[*]:+${SUDO[*]} }env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy"
-    "${SUDO[@]}" apt-get update || die "apt-get update failed: cannot install haproxy"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy ||
-        die "apt-get install haproxy failed"
-    command -v haproxy >/dev/null 2>&1 || die "haproxy still not found after apt-get install"
+    record "${SUDO[*]:+${SUDO[*]} }apt-get update && ${SUDO[*]:+${SUDO[*]} }env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $package"
+    "${SUDO[@]}" apt-get update || die "apt-get update failed: cannot install $package"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package" ||
+        die "apt-get install $package failed"
+}
+ensure_package haproxy haproxy
+if want cluster; then
+    ensure_package redis-server redis-server
 fi
 
 # Both the relay and this tool hold one descriptor per connection (idle: 15 000).
@@ -456,6 +462,55 @@ if want idle; then
         start_relay --max-connections 20000
         run_load "idle-c$connections-relay" relay idle --connections "$connections" --addr "127.0.0.1:$RELAY_PORT" "${IDLE_COMMON[@]}"
     done
+fi
+
+# Two nodes of a cluster on one Redis (issue 11): 1000 audio pairs with
+# every caller on node A and every callee on node B (ID-cross-rN), side by
+# side with all pairs on node A (ID-same-rN), interleaved; the CPU figures
+# are both nodes' summed (--server-pid twice). Then Redis's command count
+# around a cross-node calls run and around the registrations of a run.
+if want cluster; then
+    stop_relay
+    mapfile -t PORTS < <(free_ports 3)
+    REDIS_PORT=${PORTS[0]} NODE_A_PORT=${PORTS[1]} NODE_B_PORT=${PORTS[2]}
+    cmd=("${NICE[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no)
+    record "$(quote "${cmd[@]}") >/dev/null & REDIS_PID=\$!"
+    "${cmd[@]}" >/dev/null &
+    REDIS_PID=$!
+    wait_listening "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not listen on 127.0.0.1:$REDIS_PORT"
+    NODE_PIDS=()
+    for node in a:"$NODE_A_PORT" b:"$NODE_B_PORT"; do
+        cmd=("${NICE[@]}" "$RELAY" --listen "127.0.0.1:${node#*:}" --cluster "redis://127.0.0.1:$REDIS_PORT"
+            --node-id "node-${node%%:*}" --trunk-listen 127.0.0.1:0)
+        record "RUST_LOG=warn $(quote "${cmd[@]}") 2>>$OUT/relay.log & NODE_${node%%:*}_PID=\$!"
+        RUST_LOG=warn "${cmd[@]}" 2>>"$OUT/relay.log" &
+        NODE_PIDS+=($!)
+        wait_listening "${node#*:}" "$!" || die "cluster node ${node%%:*} did not listen (see $OUT/relay.log)"
+    done
+    BOTH=(--server-pid "${NODE_PIDS[0]}" --server-pid "${NODE_PIDS[1]}")
+    # The directory's scripts run (EVAL: what registrations, departures and
+    # call set-ups could cost; Redis's own counters also count the commands
+    # inside scripts, so they are not summed).
+    redis_commands() {
+        redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[:=,]' '/^cmdstat_eval:/ { print $3 + 0; found = 1 } END { if (!found) print 0 }'
+    }
+    for ((r = 1; r <= REPEAT; r++)); do
+        run_load "cluster160-p1000-cross-r$r" none media --pairs 1000 --size 160 --rate 50 --framing framed "${MEDIA[@]}" \
+            --addr "127.0.0.1:$NODE_A_PORT" --addr "127.0.0.1:$NODE_B_PORT" "${BOTH[@]}"
+        run_load "cluster160-p1000-same-r$r" none media --pairs 1000 --size 160 --rate 50 --framing framed "${MEDIA[@]}" \
+            --addr "127.0.0.1:$NODE_A_PORT" "${BOTH[@]}"
+    done
+    record "redis-cli -p $REDIS_PORT info commandstats | grep cmdstat_eval # before and after each of the next two runs"
+    before=$(redis_commands)
+    run_load "cluster-calls-cross" none calls --pairs 10 --addr "127.0.0.1:$NODE_A_PORT" --addr "127.0.0.1:$NODE_B_PORT" "${COMMON[@]}" "${BOTH[@]}"
+    after=$(redis_commands)
+    echo "calls $before $after" >"$OUT/cluster-redis.txt"
+    before=$(redis_commands)
+    run_load "cluster-register-cross" none calls --pairs 10 --reconnect --addr "127.0.0.1:$NODE_A_PORT" --addr "127.0.0.1:$NODE_B_PORT" "${COMMON[@]}" "${BOTH[@]}"
+    after=$(redis_commands)
+    echo "reconnect $before $after" >>"$OUT/cluster-redis.txt"
+    record "kill \$NODE_a_PID \$NODE_b_PID \$REDIS_PID"
+    for pid in "${NODE_PIDS[@]}" "$REDIS_PID"; do stop_pid "$pid"; done
 fi
 
 stop_relay

@@ -358,3 +358,40 @@ fn a_trunk_without_the_cluster_secret_is_refused() {
     carol.call("alice", false);
     carol.expect_reject("offline");
 }
+
+// The load tool's two-node mode (the bench's cross-node scenario): callers
+// on one node, callees on the other, every frame delivered.
+#[test]
+fn the_load_tool_puts_callers_and_callees_on_two_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", &[]);
+    let b = node(&redis, "node-b", &[]);
+    let (first, second) = (a.addr().to_string(), b.addr().to_string());
+    let output = Command::new(env!("CARGO_BIN_EXE_callrelay-load"))
+        .args([
+            "media",
+            "--pairs",
+            "20",
+            "--size",
+            "160",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ])
+        .args([
+            "--warmup", "0.3", "--quiet", "--json", "--addr", &first, "--addr", &second,
+        ])
+        .output()
+        .expect("run callrelay-load");
+    let json = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{json} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(json.contains("\"frames_lost\":0,"), "{json}");
+    assert!(!json.contains("\"frames_delivered\":0,"), "{json}");
+    assert!(json.contains("\"errors\":0"), "{json}");
+    b.expect_log(&["trunk to node-a up"]);
+}

@@ -85,8 +85,12 @@ pub fn run(common: &Common, options: &Options) -> io::Result<Outcome> {
     let mut sides = Vec::with_capacity(pairs * 2);
     let mut pair_states = Vec::with_capacity(pairs);
     for index in 0..pairs {
-        let caller = Session::register(common.addr, framing, &format!("{prefix}-{index}a"))?;
-        let callee = Session::register(common.addr, framing, &format!("{prefix}-{index}b"))?;
+        let mut caller = Session::register(common.addr, framing, &format!("{prefix}-{index}a"))?;
+        let mut callee =
+            Session::register(common.callee_addr, framing, &format!("{prefix}-{index}b"))?;
+        if common.callee_addr != common.addr {
+            session::wait_reachable(&mut caller, &mut callee)?;
+        }
         pair_states.push(Pair {
             callee_user: callee.user.clone(),
             step: Step::Ringing {
@@ -272,7 +276,7 @@ impl Side {
         poll: &Poll,
         index: usize,
     ) -> io::Result<Side> {
-        let session = Session::register(common.addr, framing, user)?;
+        let session = Session::register(common.callee_addr, framing, user)?;
         Side::polled(session, poll, Token(index))
     }
 }

@@ -39,7 +39,10 @@ pub struct Common {
     /// No progress lines.
     pub quiet: bool,
     /// The server process to measure, if any.
-    pub server_pid: Option<u32>,
+    pub server_pid: Option<proc_stats::Servers>,
+    /// Where callees register (the second `--addr`; else `addr`): callers
+    /// on one node, callees on another.
+    pub callee_addr: SocketAddr,
 }
 
 /// A mode's result.
@@ -141,10 +144,10 @@ Exit status: 0 = run without errors, 1 = the run saw errors, 2 = bad use.";
 
 fn options() -> Options {
     let mut opts = Options::new();
-    opts.optopt(
+    opts.optmulti(
         "a",
         "addr",
-        "relay (or pipe) address (default 127.0.0.1:8888)",
+        "relay (or pipe) address (default 127.0.0.1:8888); media/calls take a second one: callers register on the first, callees on the second (two nodes of a cluster)",
         "ADDR",
     );
     opts.optopt("d", "duration", "measured seconds (default 5)", "SECS");
@@ -250,10 +253,10 @@ fn options() -> Options {
         "idle: loopback source addresses 127.0.0.1.. to spread over (default 4)",
         "N",
     );
-    opts.optopt(
+    opts.optmulti(
         "",
         "server-pid",
-        "measure this process's CPU and memory over the window",
+        "measure this process's CPU and memory over the window (repeatable: the figures are summed, e.g. the nodes of a cluster)",
         "PID",
     );
     opts.optopt(
@@ -413,29 +416,43 @@ fn run(args: &[String]) -> Result<Outcome, UsageError> {
         )
         .map_err(UsageError)?;
     }
-    let common =
-        Common {
-            addr: parse_addr(
-                &matches
-                    .opt_str("addr")
-                    .unwrap_or_else(|| "127.0.0.1:8888".to_owned()),
-                "addr",
-            )?,
-            duration: parse_secs(&matches, "duration", 5.0)?,
-            warmup: parse_secs(&matches, "warmup", 1.0)?,
-            drain: parse_secs(&matches, "drain", 2.0)?,
-            quiet: matches.opt_present("quiet"),
-            server_pid: match matches.opt_str("server-pid") {
-                None => None,
-                Some(text) => Some(text.parse().map_err(|_| {
-                    UsageError(format!("--server-pid: {text:?} is not a process id"))
-                })?),
-            },
-        };
-    if let Some(pid) = common.server_pid
-        && proc_stats::sample(pid).is_none()
-    {
-        return Err(UsageError(format!("--server-pid: cannot read /proc/{pid}")));
+    let addrs = matches.opt_strs("addr");
+    if addrs.len() > 2 {
+        return Err(UsageError(
+            "--addr: at most two (callers' node, callees' node)".to_owned(),
+        ));
+    }
+    let addrs: Vec<SocketAddr> = addrs
+        .iter()
+        .map(|text| parse_addr(text, "addr"))
+        .collect::<Result<_, _>>()?;
+    let addr = match addrs.first() {
+        Some(addr) => *addr,
+        None => parse_addr("127.0.0.1:8888", "addr")?,
+    };
+    let mut pids = Vec::new();
+    for text in matches.opt_strs("server-pid") {
+        let pid: u32 = text
+            .parse()
+            .map_err(|_| UsageError(format!("--server-pid: {text:?} is not a process id")))?;
+        if !proc_stats::readable(pid) {
+            return Err(UsageError(format!("--server-pid: cannot read /proc/{pid}")));
+        }
+        pids.push(pid);
+    }
+    let common = Common {
+        addr,
+        callee_addr: addrs.get(1).copied().unwrap_or(addr),
+        duration: parse_secs(&matches, "duration", 5.0)?,
+        warmup: parse_secs(&matches, "warmup", 1.0)?,
+        drain: parse_secs(&matches, "drain", 2.0)?,
+        quiet: matches.opt_present("quiet"),
+        server_pid: proc_stats::Servers::new(pids),
+    };
+    if common.callee_addr != common.addr && !matches!(mode.as_str(), "media" | "calls") {
+        return Err(UsageError(format!(
+            "{mode}: a second --addr is for media and calls (callers on the first node, callees on the second)"
+        )));
     }
     let failed = |error: std::io::Error| UsageError::Failed(format!("{mode} failed: {error}"));
     let outcome = match mode.as_str() {

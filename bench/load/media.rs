@@ -204,11 +204,14 @@ fn pair_sessions(
         caller_rcvbuf,
     )?;
     let mut callee = Session::register_with_rcvbuf(
-        common.addr,
+        common.callee_addr,
         options.framing,
         &format!("{prefix}-{index}b"),
         options.rcvbuf,
     )?;
+    if common.callee_addr != common.addr {
+        session::wait_reachable(&mut caller, &mut callee)?;
+    }
     session::accepted_call(&mut caller, &mut callee)?;
     let (left_a, left_b) = (caller.take_input(), callee.take_input());
     Ok(((caller.stream, callee.stream), left_a, left_b))

@@ -15,8 +15,42 @@ pub struct Sample {
     pub rss_kib: u64,
 }
 
+/// The server processes measured together (`--server-pid`, repeatable:
+/// the nodes of a cluster); their CPU and RSS are summed. Set once at
+/// start-up and kept for the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Servers(&'static [u32]);
+
+impl Servers {
+    /// The processes `pids` (`None` if there are none).
+    pub fn new(pids: Vec<u32>) -> Option<Servers> {
+        (!pids.is_empty()).then(|| Servers(Box::leak(pids.into_boxed_slice())))
+    }
+
+    /// Their process ids.
+    pub fn pids(&self) -> &[u32] {
+        self.0
+    }
+}
+
+/// Reads the servers: CPU and RSS summed; `None` if one is gone.
+pub fn sample(servers: Servers) -> Option<Sample> {
+    servers.0.iter().try_fold(Sample::default(), |sum, pid| {
+        let one = sample_one(*pid)?;
+        Some(Sample {
+            cpu_s: sum.cpu_s + one.cpu_s,
+            rss_kib: sum.rss_kib + one.rss_kib,
+        })
+    })
+}
+
+/// True if the process `pid` can be measured.
+pub fn readable(pid: u32) -> bool {
+    sample_one(pid).is_some()
+}
+
 /// Reads the process `pid`; `None` if it is gone or unreadable.
-pub fn sample(pid: u32) -> Option<Sample> {
+fn sample_one(pid: u32) -> Option<Sample> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let after = stat.rsplit_once(')')?.1;
@@ -39,7 +73,7 @@ pub fn sample(pid: u32) -> Option<Sample> {
 /// CPU and peak memory of a server over a measured window.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
-    pid: u32,
+    pid: Servers,
     start: Sample,
     /// Highest RSS seen in the window.
     pub peak_rss_kib: u64,
@@ -51,7 +85,7 @@ pub struct Window {
 
 impl Window {
     /// Starts measuring `pid`.
-    pub fn start(pid: u32) -> Option<Window> {
+    pub fn start(pid: Servers) -> Option<Window> {
         let start = sample(pid)?;
         Some(Window {
             pid,

@@ -156,6 +156,52 @@ impl Session {
     }
 }
 
+/// Waits until `callee`, registered on another node of a cluster, can be
+/// reached from `caller`'s node (its registration travels through Redis):
+/// a framed TEXT to it is refused `offline` until then. Seed clients get no
+/// such refusal, so cross-node runs need the framed framing.
+pub fn wait_reachable(caller: &mut Session, callee: &mut Session) -> io::Result<()> {
+    if caller.framing != Framing::LengthPrefixed {
+        return Err(other(
+            "callers and callees on two nodes need --framing framed".to_owned(),
+        ));
+    }
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        caller.send(&ClientMessage::Text {
+            to: QString::from_str(&callee.user),
+            text: QString::from_str("reach"),
+        })?;
+        caller.send(&ClientMessage::Heartbeat { suffix: None })?;
+        match caller.recv()? {
+            ServerMessage::Heartbeat => break,
+            ServerMessage::Error { .. } => {
+                caller.recv()?; // the heartbeat
+                if Instant::now() >= deadline {
+                    return Err(other(format!(
+                        "{} never became reachable from {}'s node",
+                        callee.user, caller.user
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            message => {
+                return Err(other(format!(
+                    "{}: expected a heartbeat, got {message:?}",
+                    caller.user
+                )));
+            }
+        }
+    }
+    match callee.recv()? {
+        ServerMessage::Text { .. } => Ok(()),
+        message => Err(other(format!(
+            "{}: expected the TEXT that proved it reachable, got {message:?}",
+            callee.user
+        ))),
+    }
+}
+
 /// `caller` calls `callee`, which accepts. Returns the call id.
 pub fn accepted_call(caller: &mut Session, callee: &mut Session) -> io::Result<String> {
     caller.send(&ClientMessage::CallRequest {

@@ -435,29 +435,40 @@ impl ClusterIo {
     }
 
     fn decode_trunk(&mut self, slot: usize) -> Result<(), String> {
-        loop {
-            let Some(trunk) = self.trunks.get_mut(slot) else {
-                return Ok(());
-            };
-            let (frame, used) = match trunk::decode(&trunk.input) {
-                Ok(Some(decoded)) => decoded,
-                Ok(None) => return Ok(()),
-                Err(error) => return Err(format!("bad trunk frame ({error:?})")),
-            };
-            trunk.input.drain(..used);
-            self.on_trunk_frame(slot, frame)?;
+        let Some(trunk) = self.trunks.get_mut(slot) else {
+            return Ok(());
+        };
+        // Decoded in place; what was used is drained once at the end.
+        let mut input = std::mem::take(&mut trunk.input);
+        let mut at = 0;
+        let result = loop {
+            match trunk::decode(input.get(at..).unwrap_or_default()) {
+                Ok(Some((frame, used))) => {
+                    at += used;
+                    if let Err(why) = self.on_trunk_frame(slot, frame) {
+                        break Err(why);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(format!("bad trunk frame ({error:?})")),
+            }
+        };
+        if let Some(trunk) = self.trunks.get_mut(slot) {
+            input.drain(..at);
+            trunk.input = input;
         }
+        result
     }
 
     fn on_trunk_frame(&mut self, slot: usize, frame: TrunkFrame) -> Result<(), String> {
-        let secret = self.secret.clone();
-        let me = self.directory.me().clone();
+        let secret = self.secret.as_deref();
+        let me = self.directory.me();
         let Some(trunk) = self.trunks.get_mut(slot) else {
             return Ok(());
         };
         match (trunk.state, frame) {
             (TrunkState::Greeting, TrunkFrame::Hello { node }) => {
-                if node == me {
+                if node == *me {
                     return Err("a node with this node's own id dialled in".to_owned());
                 }
                 trunk.node = Some(node);
@@ -468,14 +479,14 @@ impl ClusterIo {
                         "the other node wants a cluster secret; this one has none".to_owned()
                     );
                 };
-                let mac = proof(&secret, &nonce, &me);
+                let mac = proof(secret, &nonce, me);
                 trunk::encode(&TrunkFrame::Proof { mac }, &mut trunk.output);
             }
             (TrunkState::Greeting, TrunkFrame::Proof { mac }) => {
                 let (Some(secret), Some(node)) = (secret, trunk.node.clone()) else {
                     return Err("a proof before a hello, or without a secret here".to_owned());
                 };
-                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+                let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
                 let mut message = trunk.nonce.clone();
                 message.extend_from_slice(node.as_str().as_bytes());
                 if ring::hmac::verify(&key, &message, &mac).is_err() {

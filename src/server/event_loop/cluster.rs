@@ -227,6 +227,7 @@ impl Server {
             trunk::encode_media_header(call_id, first.take(), ends, chunk.len(), &mut header);
             cluster.send_media(node, &header, chunk);
         }
+        self.counters.media_bytes_relayed += data.len() as u64;
         if last {
             self.counters.media_frames_relayed += 1;
         }
