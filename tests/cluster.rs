@@ -395,3 +395,60 @@ fn the_load_tool_puts_callers_and_callees_on_two_nodes() {
     assert!(json.contains("\"errors\":0"), "{json}");
     b.expect_log(&["trunk to node-a up"]);
 }
+
+// Newest wins across nodes moves the call (PROTOCOL.md 8.3): the new
+// connection is told `3 callId` and media flows between it and the other
+// party, who hears nothing. Both cases: the other party on a third node,
+// and on the node the user left.
+#[test]
+fn a_call_moves_with_its_user_to_another_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", &[]);
+    let b = node(&redis, "node-b", &[]);
+    let c = node(&redis, "node-c", &[]);
+    for (old_node, peer_node, new_node, tag) in [(&a, &b, &c, "third"), (&a, &a, &b, "same")] {
+        let alice_id = format!("alice-{tag}");
+        let mut old = old_node.client(&alice_id, FRAMED);
+        let mut bob = peer_node.client(&format!("bob-{tag}"), FRAMED);
+        let mut probe = new_node.client(&format!("probe-{tag}"), FRAMED);
+        wait_reachable(&mut old, &mut bob);
+        wait_reachable(&mut probe, &mut bob);
+        let call_id = ring(&mut old, &mut bob, false);
+        accept_ringing(&mut old, &mut bob, &call_id, &call_id);
+        let mut new = new_node.connect(FRAMED);
+        new.register(&alice_id);
+        old.expect_error("replaced");
+        old.expect_closed();
+        new.expect_accept(&call_id);
+        common::media_both_ways(&mut new, &mut bob, b"from the new node", b"back to it");
+        bob.barrier();
+        new.end(&call_id);
+        expect_ended(&mut new, &mut bob, &call_id);
+    }
+}
+
+// A node killed: its user comes back on a third node within the resume
+// window and keeps its call.
+#[test]
+fn a_party_of_a_killed_node_resumes_its_call_on_a_third_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", &[]);
+    let b = node(&redis, "node-b", &[]);
+    let c = node(&redis, "node-c", &[]);
+    let mut alice = a.client("alice", FRAMED);
+    let mut bob = b.client("bob", FRAMED);
+    wait_reachable(&mut alice, &mut bob);
+    let call_id = ring(&mut alice, &mut bob, false);
+    accept_ringing(&mut alice, &mut bob, &call_id, &call_id);
+    let status = Command::new("kill")
+        .args(["-9", &a.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    b.expect_log(&["trunk to node-a closed"]);
+    let mut back = c.connect(FRAMED);
+    back.register("alice");
+    back.expect_accept(&call_id);
+    common::media_both_ways(&mut back, &mut bob, b"alive again", b"welcome back");
+    bob.barrier();
+}

@@ -155,9 +155,9 @@ pub fn parse_node(value: &[u8]) -> Option<(SocketAddr, u64)> {
 pub enum Effect {
     /// `user` is on `node` now (`None`: on no other node).
     Remote(UserId, Option<NodeId>),
-    /// A newer registration elsewhere replaces this node's `user`: close
-    /// its connection with ERROR `replaced`.
-    Replaced(UserId),
+    /// A newer registration on the node given replaces this node's `user`:
+    /// its call moves there, its connection is closed with ERROR `replaced`.
+    Replaced(UserId, NodeId),
     /// `node` is gone: its calls' parties are detached.
     NodeGone(NodeId),
 }
@@ -267,7 +267,7 @@ impl Directory {
                     // Ours came first: the other one is newer.
                     Some(local) if local.confirmed => {
                         self.local.remove(&user);
-                        effects.push(Effect::Replaced(user.clone()));
+                        effects.push(Effect::Replaced(user.clone(), node.clone()));
                     }
                     // Ours is still on its way: it is the newer one.
                     Some(_) => return effects,
@@ -407,7 +407,7 @@ mod tests {
         assert_eq!(
             seen_a,
             vec![
-                Effect::Replaced(user("alice")),
+                Effect::Replaced(user("alice"), node("b")),
                 Effect::Remote(user("alice"), Some(node("b")))
             ]
         );

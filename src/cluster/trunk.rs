@@ -30,6 +30,8 @@ const ACCEPT: u8 = 2;
 const REJECT: u8 = 3;
 const END: u8 = 4;
 const TEXT: u8 = 5;
+const RESUME: u8 = 6;
+const MOVED: u8 = 7;
 
 /// Media flags.
 const FIRST: u8 = 1;
@@ -219,6 +221,31 @@ fn encode_event(event: &NodeEvent, out: &mut Vec<u8>) {
             put_u8(out, END);
             put_id(out, call_id.as_str());
         }
+        NodeEvent::Resume {
+            call_id,
+            user,
+            peer,
+            user_is_caller,
+            active,
+            video,
+        } => {
+            put_u8(out, RESUME);
+            put_id(out, call_id.as_str());
+            put_id(out, user.as_str());
+            put_id(out, peer.as_str());
+            put_u8(out, u8::from(*user_is_caller) | u8::from(*active) << 1);
+            put_u8(out, *video);
+        }
+        NodeEvent::Moved {
+            call_id,
+            user,
+            node,
+        } => {
+            put_u8(out, MOVED);
+            put_id(out, call_id.as_str());
+            put_id(out, user.as_str());
+            put_id(out, node.as_str());
+        }
         NodeEvent::Text { from, to, text } => {
             put_u8(out, TEXT);
             put_id(out, from.as_str());
@@ -255,6 +282,23 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Option<NodeEvent> {
         },
         END => NodeEvent::End {
             call_id: call(cursor)?,
+        },
+        RESUME => {
+            let (call_id, user, peer) = (call(cursor)?, user(cursor)?, user(cursor)?);
+            let flags = cursor.u8().ok()?;
+            NodeEvent::Resume {
+                call_id,
+                user,
+                peer,
+                user_is_caller: flags & 1 != 0,
+                active: flags & 2 != 0,
+                video: cursor.u8().ok()?,
+            }
+        }
+        MOVED => NodeEvent::Moved {
+            call_id: call(cursor)?,
+            user: user(cursor)?,
+            node: NodeId::new(&take_id(cursor)?)?,
         },
         TEXT => NodeEvent::Text {
             from: user(cursor)?,
@@ -315,6 +359,19 @@ mod tests {
                 reason: reason("busy"),
             }),
             TrunkFrame::Event(NodeEvent::End { call_id: call() }),
+            TrunkFrame::Event(NodeEvent::Resume {
+                call_id: call(),
+                user: user("alice"),
+                peer: user("bob"),
+                user_is_caller: true,
+                active: false,
+                video: 1,
+            }),
+            TrunkFrame::Event(NodeEvent::Moved {
+                call_id: call(),
+                user: user("alice"),
+                node: NodeId::new("node-c").expect("valid"),
+            }),
             TrunkFrame::Event(NodeEvent::Text {
                 from: user("alice"),
                 to: user("bob"),

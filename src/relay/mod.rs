@@ -141,6 +141,33 @@ pub enum NodeEvent {
         /// The call.
         call_id: CallId,
     },
+    /// `user` registered on the receiving node while in `call_id` with
+    /// `peer` on the sending node: the call goes on there (PROTOCOL.md 8.3
+    /// across nodes); `user` is told where it stands.
+    Resume {
+        /// The call.
+        call_id: CallId,
+        /// The party that moved (on the receiving node now).
+        user: UserId,
+        /// The other party (on the sending node).
+        peer: UserId,
+        /// True if `user` placed the call.
+        user_is_caller: bool,
+        /// True if the call is accepted (else ringing).
+        active: bool,
+        /// The caller's isVideo byte.
+        video: u8,
+    },
+    /// `user`, the sending node's party of `call_id` with the party here,
+    /// registered on `node` (newest wins): this node hands the call over.
+    Moved {
+        /// The call.
+        call_id: CallId,
+        /// Who moved.
+        user: UserId,
+        /// Where to.
+        node: NodeId,
+    },
     /// A TEXT from `from` (server-set on its node) to `to` (here).
     Text {
         /// The sender.

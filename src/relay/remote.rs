@@ -13,7 +13,17 @@ use std::time::Instant;
 use log::{debug, info};
 
 use super::calls::{Attachment, Call, CallState, EndReason, Party};
-use super::{Action, Away, NodeEvent, Relay};
+use super::{Action, Away, NodeEvent, Relay, RelayTimer};
+
+/// A [`NodeEvent::Resume`]'s fields.
+struct Resumed {
+    call_id: CallId,
+    user: UserId,
+    peer: UserId,
+    user_is_caller: bool,
+    active: bool,
+    video: u8,
+}
 use crate::ids::{CallId, ConnId, NodeId, UserId};
 use crate::protocol::frame::ServerFrame;
 use crate::protocol::qdatastream::{QStr, QString};
@@ -173,6 +183,33 @@ impl Relay {
                 let local = call.local_party().clone();
                 self.end_call(&call_id, EndReason::Hangup, &[local], out);
             }
+            NodeEvent::Resume {
+                call_id,
+                user,
+                peer,
+                user_is_caller,
+                active,
+                video,
+            } => {
+                let resumed = Resumed {
+                    call_id,
+                    user,
+                    peer,
+                    user_is_caller,
+                    active,
+                    video,
+                };
+                self.take_over(node, resumed, now, out);
+            }
+            NodeEvent::Moved {
+                call_id,
+                user,
+                node: to,
+            } => {
+                if self.call_with(node, &call_id).is_some() {
+                    self.hand_over(&call_id, &user, &to, out);
+                }
+            }
             NodeEvent::Text { from, to, text } => match self.registry.lookup(&to) {
                 Some(receiver) => {
                     self.stats.texts_relayed += 1;
@@ -187,6 +224,143 @@ impl Relay {
                 }
             },
         }
+    }
+
+    /// `conn`'s user registered on `node`, which wins (newest wins across
+    /// nodes): its call goes there. If the other party is here, this node
+    /// hands the call over; if it is on a third node, that node does and
+    /// the call is forgotten here. Call before closing `conn`.
+    pub fn moved(&mut self, conn: ConnId, node: &NodeId, out: &mut Vec<Action>) {
+        let Some(session) = self.registry.session(conn) else {
+            return;
+        };
+        let (user, Some(call_id)) = (session.user.clone(), session.call.clone()) else {
+            return;
+        };
+        self.set_call(conn, None);
+        let Some(call) = self.calls.get(&call_id) else {
+            return;
+        };
+        if call.state == CallState::Active {
+            out.push(Action::Unlink { conn });
+        }
+        match call.other_than_user(&user).node().cloned() {
+            Some(other_node) => {
+                self.calls.remove(&call_id);
+                info!("call {call_id}: {user} moved to {node}; {other_node} hands it over");
+                let event = NodeEvent::Moved {
+                    call_id,
+                    user,
+                    node: node.clone(),
+                };
+                out.push(Action::Forward {
+                    node: other_node,
+                    event,
+                });
+            }
+            None => self.hand_over(&call_id, &user, node, out),
+        }
+    }
+
+    /// The directory places `user` on `node`: a call waiting here for it
+    /// to come back (detached, within its window) goes on there.
+    pub fn user_moved(&mut self, user: &UserId, node: &NodeId, out: &mut Vec<Action>) {
+        if let Some(Away::InCall(call_id)) = self.away.get(user).map(|away| away.state.clone()) {
+            self.away.remove(user);
+            self.hand_over(&call_id, user, node, out);
+        }
+    }
+
+    /// `user`'s party of `call_id` (whose other party is here) is on `node`
+    /// now: that node is told where the call stands, media goes there.
+    fn hand_over(&mut self, call_id: &CallId, user: &UserId, node: &NodeId, out: &mut Vec<Action>) {
+        let Some(call) = self.calls.get_mut(call_id) else {
+            return;
+        };
+        let user_is_caller = call.caller.user == *user;
+        let Some(party) = call.party_of_user_mut(user) else {
+            return;
+        };
+        party.at = Attachment::Remote(node.clone());
+        let moved = party.clone();
+        let active = call.state == CallState::Active;
+        let other = call.other_than_user(user).clone();
+        info!("call {call_id}: {user} goes on from {node}");
+        if let (true, Some(conn)) = (active, other.conn()) {
+            out.push(link(conn, &moved, call_id));
+        }
+        let event = NodeEvent::Resume {
+            call_id: call_id.clone(),
+            user: user.clone(),
+            peer: other.user,
+            user_is_caller,
+            active,
+            video: call.video,
+        };
+        out.push(Action::Forward {
+            node: node.clone(),
+            event,
+        });
+    }
+
+    /// The call of a user who registered here goes on here, its other
+    /// party on `node`; the user is told where it stands (8.3). A user no
+    /// longer here, or in another call, ends it.
+    fn take_over(&mut self, node: &NodeId, resumed: Resumed, now: Instant, out: &mut Vec<Action>) {
+        let Resumed {
+            call_id,
+            user,
+            peer,
+            user_is_caller,
+            active,
+            video,
+        } = resumed;
+        let conn = self
+            .registry
+            .lookup(&user)
+            .filter(|conn| !self.in_call(*conn));
+        if conn.is_none() || self.calls.contains(&call_id) {
+            debug!("call {call_id}: {user} cannot take it over here; it ends");
+            out.push(Action::Forward {
+                node: node.clone(),
+                event: NodeEvent::End { call_id },
+            });
+            return;
+        }
+        let Some(conn) = conn else {
+            return;
+        };
+        let here = Party {
+            at: Attachment::Detached { until: now },
+            user: user.clone(),
+        };
+        let there = Party::remote(node.clone(), peer);
+        let (caller, callee) = if user_is_caller {
+            (here, there)
+        } else {
+            (there, here)
+        };
+        let deadline = now + self.ring_timeout;
+        let state = if active {
+            CallState::Active
+        } else {
+            CallState::Ringing { deadline }
+        };
+        self.calls.insert(Call {
+            id: call_id.clone(),
+            caller,
+            callee,
+            video,
+            state,
+        });
+        if !active && user_is_caller {
+            // The caller's node keeps the ring timeout: this one now.
+            out.push(Action::ArmTimer {
+                at: deadline,
+                timer: RelayTimer::Ring(call_id.clone()),
+            });
+        }
+        self.attach(&call_id, &user, conn, out);
     }
 
     /// The live call `call_id`, if it has a party on `node` (a node speaks

@@ -115,11 +115,16 @@ impl Server {
 
     fn directory_effect(&mut self, effect: Effect) {
         match effect {
-            Effect::Remote(user, node) => self.relay.set_remote(user, node),
-            Effect::Replaced(user) => {
+            Effect::Remote(user, node) => {
+                if let Some(node) = &node {
+                    self.relay.user_moved(&user, node, &mut self.actions);
+                }
+                self.relay.set_remote(user, node);
+            }
+            Effect::Replaced(user, node) => {
                 if let Some(conn) = self.relay.local_conn(&user) {
-                    let detail =
-                        "a newer connection registered this user id on another node".to_owned();
+                    self.relay.moved(conn, &node, &mut self.actions);
+                    let detail = format!("a newer connection registered this user id on {node}");
                     self.begin_close(conn, CloseReason::Error(ErrorCode::Replaced, detail));
                 }
             }
