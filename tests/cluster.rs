@@ -452,3 +452,37 @@ fn a_party_of_a_killed_node_resumes_its_call_on_a_third_node() {
     common::media_both_ways(&mut back, &mut bob, b"alive again", b"welcome back");
     bob.barrier();
 }
+
+// A cut trunk (its socket destroyed with `ss -K`, iproute2, as root): the parties across it
+// count as detached, the trunk is dialled again, and the call goes on over
+// the new trunk; new calls across it work too.
+#[test]
+fn a_cut_trunk_is_dialled_again_and_its_calls_go_on() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", &[]);
+    let b = node(&redis, "node-b", &[]);
+    let mut alice = a.client("alice", FRAMED);
+    let mut bob = b.client("bob", FRAMED);
+    wait_reachable(&mut alice, &mut bob);
+    let call_id = ring(&mut alice, &mut bob, false);
+    accept_ringing(&mut alice, &mut bob, &call_id, &call_id);
+    let line = b.expect_log(&["cluster: node node-b (trunks on "]);
+    let port = line
+        .split("trunks on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .expect("node-b's trunk port in its log");
+    let status = Command::new("ss")
+        .args(["-K", "dst", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run ss");
+    assert!(status.success(), "ss -K failed");
+    a.expect_log(&["trunk to node-b closed"]);
+    a.expect_log(&["bob on node-b is back"]);
+    b.expect_log(&["alice on node-a is back"]);
+    common::media_both_ways(&mut alice, &mut bob, b"over the new trunk", b"heard");
+    bob.barrier();
+    alice.end(&call_id);
+    expect_ended(&mut alice, &mut bob, &call_id);
+}

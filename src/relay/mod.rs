@@ -216,6 +216,9 @@ struct AwayUser {
     token: bool,
     /// The end of its resume window.
     until: Instant,
+    /// The node it was on when the trunk to that node went down (it comes
+    /// back with the trunk), if that is how it was lost.
+    lost_with: Option<NodeId>,
 }
 
 /// Where the call of a user who is away stands.
@@ -580,6 +583,7 @@ impl Relay {
                 state: Away::InCall(call_id.clone()),
                 token,
                 until,
+                lost_with: None,
             },
         );
         out.push(Action::ArmTimer {

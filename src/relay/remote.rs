@@ -303,10 +303,67 @@ impl Relay {
         });
     }
 
+    /// The trunk to `node` is up again: the parties lost with it come back
+    /// (each node tells the other where its calls stand, with RESUME).
+    pub fn node_back(&mut self, node: &NodeId, out: &mut Vec<Action>) {
+        let back: Vec<(UserId, CallId)> = self
+            .away
+            .iter()
+            .filter(|(_, away)| away.lost_with.as_ref() == Some(node))
+            .filter_map(|(user, away)| match &away.state {
+                Away::InCall(call_id) => Some((user.clone(), call_id.clone())),
+                Away::CallEnded(_) => None,
+            })
+            .collect();
+        for (user, call_id) in back {
+            self.away.remove(&user);
+            self.hand_over(&call_id, &user, node, out);
+        }
+    }
+
+    /// A RESUME for a call this node holds too (the trunk came back): its
+    /// party from `node` is there again, and media flows. False if the call
+    /// is not one of those.
+    fn rejoin(&mut self, node: &NodeId, resumed: &Resumed, out: &mut Vec<Action>) -> bool {
+        let Some(call) = self.calls.get_mut(&resumed.call_id) else {
+            return false;
+        };
+        let mine = call.party_of_user_mut(&resumed.user).and_then(|p| p.conn());
+        let Some(peer) = call.party_of_user_mut(&resumed.peer) else {
+            return false;
+        };
+        let waiting = match &peer.at {
+            Attachment::Detached { .. } => true,
+            Attachment::Remote(on) => on == node,
+            Attachment::Attached(_) => false,
+        };
+        if !waiting {
+            return false;
+        }
+        peer.at = Attachment::Remote(node.clone());
+        let peer = peer.clone();
+        let active = call.state == CallState::Active;
+        if matches!(self.away.get(&resumed.peer).map(|a| &a.state), Some(Away::InCall(id)) if *id == resumed.call_id)
+        {
+            self.away.remove(&resumed.peer);
+        }
+        info!(
+            "call {}: {} on {node} is back",
+            resumed.call_id, resumed.peer
+        );
+        if let (true, Some(conn)) = (active, mine) {
+            out.push(link(conn, &peer, &resumed.call_id));
+        }
+        true
+    }
+
     /// The call of a user who registered here goes on here, its other
     /// party on `node`; the user is told where it stands (8.3). A user no
     /// longer here, or in another call, ends it.
     fn take_over(&mut self, node: &NodeId, resumed: Resumed, now: Instant, out: &mut Vec<Action>) {
+        if self.rejoin(node, &resumed, out) {
+            return;
+        }
         let Resumed {
             call_id,
             user,
@@ -466,7 +523,6 @@ impl Relay {
             .filter(|id| self.calls.get(id).is_some_and(|c| c.has_party_on(node)))
             .cloned()
             .collect();
-        self.remote.retain(|_, on| on != node);
         for call_id in ids {
             let Some(call) = self.calls.get_mut(&call_id) else {
                 continue;
@@ -493,7 +549,10 @@ impl Relay {
             info!("call {call_id}: {user} on {node} detached (node unreachable)");
             // Only a token may take the call over when tokens are on.
             let token = self.auth.is_some();
-            self.await_return(call_id, user, token, until, out);
+            self.await_return(call_id, user.clone(), token, until, out);
+            if let Some(away) = self.away.get_mut(&user) {
+                away.lost_with = Some(node.clone());
+            }
         }
     }
 }

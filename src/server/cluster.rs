@@ -117,6 +117,8 @@ pub enum Happened {
     Frame(NodeId, TrunkFrame),
     /// The trunk to a node closed.
     TrunkDown(NodeId),
+    /// The trunk to a node is up.
+    TrunkUp(NodeId),
 }
 
 /// The cluster's side of the server.
@@ -554,6 +556,7 @@ impl ClusterIo {
             trunk.state = TrunkState::Up;
             info!("cluster: trunk to {node} up");
             self.dial_backoff.remove(&node);
+            self.happened.push(Happened::TrunkUp(node.clone()));
             if let Some(queued) = self.pending.remove(&node) {
                 for bytes in queued {
                     trunk.output.extend_from_slice(&bytes);

@@ -107,6 +107,7 @@ impl Server {
                     Happened::TrunkDown(node) => {
                         self.relay.node_lost(&node, self.now, &mut self.actions);
                     }
+                    Happened::TrunkUp(node) => self.relay.node_back(&node, &mut self.actions),
                 }
             }
             let _ = self.apply_actions();
