@@ -21,6 +21,20 @@ impl ConnId {
     pub fn index(&self) -> usize {
         self.slot as usize
     }
+
+    /// The sender of a FILE coming over a trunk from another node, as the
+    /// receiver's pipe knows it: generation 0, which no connection has.
+    pub fn trunk_stream(number: u32) -> ConnId {
+        ConnId {
+            slot: number,
+            generation: 0,
+        }
+    }
+
+    /// True for a [`ConnId::trunk_stream`].
+    pub fn is_trunk_stream(&self) -> bool {
+        self.generation == 0
+    }
 }
 
 impl fmt::Display for ConnId {

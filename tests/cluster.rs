@@ -486,3 +486,93 @@ fn a_cut_trunk_is_dialled_again_and_its_calls_go_on() {
     alice.end(&call_id);
     expect_ended(&mut alice, &mut bob, &call_id);
 }
+
+// An 8 MiB FILE across nodes arrives byte-exact with the server-set
+// sender. While its receiver reads nothing, the sender's node pauses the
+// sender (per-stream credit), and the trunk still carries everything else.
+// A FILE to a user gone from the other node is refused like one to an
+// offline user.
+#[test]
+fn a_file_crosses_nodes_with_backpressure_on_its_stream_only() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", &["--metrics-listen", "127.0.0.1:0"]);
+    let b = node(&redis, "node-b", &[]);
+    let mut alice = a.client("alice", FRAMED);
+    let mut carol = b.client("carol", Framing::Seed);
+    let mut dave = a.client("dave", FRAMED);
+    let mut erin = b.client("erin", FRAMED);
+    wait_reachable(&mut alice, &mut erin);
+    wait_reachable(&mut dave, &mut erin);
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
+    let sending = alice.send_in_background(common::file_message(FRAMED, "carol", "big.bin", &data));
+    // carol reads nothing: alice is paused on her stream's credit.
+    let deadline = Instant::now() + WAIT;
+    while common::sample(
+        &common::scrape(a.metrics_addr()),
+        "callrelay_connections_paused",
+    ) != 1
+    {
+        assert!(Instant::now() < deadline, "alice was never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dave.text("erin", "the trunk is not stalled");
+    erin.expect_text("dave", "the trunk is not stalled");
+    carol.expect_bytes(&common::file_frame_bytes(
+        Framing::Seed,
+        "alice",
+        "big.bin",
+        &data,
+    ));
+    sending.join().expect("alice sent the whole file");
+    carol.barrier();
+    // erin leaves node-b: a FILE to her is refused offline, by node-a if
+    // it has heard, else by node-b ending the stream (0 bytes delivered).
+    drop(erin);
+    b.expect_log(&["(erin) closed by peer"]);
+    dave.send_file("erin", "late.txt", b"too late");
+    dave.expect_error("offline");
+}
+
+// PROTOCOL.md 8.4 across nodes: a receiver that goes away mid-FILE leaves
+// its sender told how much arrived; a sender that goes away mid-FILE has
+// its frame completed with zeros at the receiver.
+#[test]
+fn a_file_whose_sender_or_receiver_goes_away_across_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, "node-a", &["--metrics-listen", "127.0.0.1:0"]);
+    let b = node(&redis, "node-b", &[]);
+    let mut alice = a.client("alice", FRAMED);
+    let mut carol = b.client("carol", FRAMED);
+    wait_reachable(&mut alice, &mut carol);
+    let data = vec![7u8; 4 << 20];
+    let sending = alice.send_in_background(common::file_message(FRAMED, "carol", "a.bin", &data));
+    let deadline = Instant::now() + WAIT;
+    while common::sample(
+        &common::scrape(a.metrics_addr()),
+        "callrelay_connections_paused",
+    ) != 1
+    {
+        assert!(Instant::now() < deadline, "alice was never paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(carol);
+    sending.join().expect("alice's rest is read and dropped");
+    alice.expect_error("offline");
+    alice.barrier();
+    // The sender leaves after half of its data: the rest arrives as zeros.
+    let mut dora = b.client("dora", FRAMED);
+    let mut bob = a.client("bob", FRAMED);
+    wait_reachable(&mut bob, &mut dora);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let message = common::file_message(FRAMED, "dora", "half.bin", &data);
+    let cut = message.len() - 50_000;
+    bob.send_raw(&message[..cut]);
+    let mut expected = data.clone();
+    expected[100_000 - 50_000..].fill(0);
+    let expected = common::file_frame_bytes(FRAMED, "bob", "half.bin", &expected);
+    let sent_part = expected.len() - 50_000;
+    dora.expect_bytes(&expected[..sent_part]);
+    drop(bob);
+    dora.expect_bytes(&expected[sent_part..]);
+    dora.barrier();
+}

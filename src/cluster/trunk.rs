@@ -7,9 +7,7 @@
 //! QDataStream-style `u32` length + UTF-8.
 
 use crate::ids::{CallId, NodeId, UserId};
-#[cfg(test)]
-use crate::protocol::qdatastream::QString;
-use crate::protocol::qdatastream::{Cursor, put_qstr, put_u8, put_u32};
+use crate::protocol::qdatastream::{Cursor, QString, put_qstr, put_u8, put_u32};
 use crate::relay::NodeEvent;
 
 /// Bytes before a frame's body.
@@ -24,6 +22,11 @@ const EVENT: u8 = 2;
 const MEDIA: u8 = 3;
 const CHALLENGE: u8 = 4;
 const PROOF: u8 = 5;
+const FILE_START: u8 = 6;
+const FILE_DATA: u8 = 7;
+const FILE_CREDIT: u8 = 8;
+const FILE_END: u8 = 9;
+const FILE_ABORT: u8 = 10;
 
 const RING: u8 = 1;
 const ACCEPT: u8 = 2;
@@ -58,6 +61,49 @@ pub enum TrunkFrame {
     },
     /// A call or TEXT event for a user of the receiving node.
     Event(NodeEvent),
+    /// A FILE from `from` (on the sending node) to `to` (on the receiving
+    /// node) starts on `stream`; `total` data bytes follow as FILE_DATA.
+    FileStart {
+        /// The sending node's stream number.
+        stream: u32,
+        /// The sender (server-set on its node).
+        from: UserId,
+        /// The receiver.
+        to: UserId,
+        /// The file name, as the sender gave it.
+        name: QString,
+        /// Data bytes.
+        total: u64,
+    },
+    /// Data bytes of a FILE stream, in order.
+    FileData {
+        /// The stream.
+        stream: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The receiving node takes data bytes of `stream` up to `granted`
+    /// (counted from the first): per-stream backpressure.
+    FileCredit {
+        /// The stream.
+        stream: u32,
+        /// Data bytes it may have been sent in all.
+        granted: u64,
+    },
+    /// The receiver of `stream` is gone (or never was): `delivered` data
+    /// bytes reached it; the sender's node reads and drops the rest.
+    FileEnd {
+        /// The stream.
+        stream: u32,
+        /// Data bytes delivered.
+        delivered: u64,
+    },
+    /// The sender of `stream` is gone mid-file: the receiving node completes
+    /// the frame with zeros.
+    FileAbort {
+        /// The stream.
+        stream: u32,
+    },
     /// A piece of a media frame of `call_id` for the party on the
     /// receiving node.
     Media {
@@ -101,6 +147,39 @@ pub fn encode(frame: &TrunkFrame, out: &mut Vec<u8>) {
         TrunkFrame::Event(event) => {
             encode_event(event, out);
             EVENT
+        }
+        TrunkFrame::FileStart {
+            stream,
+            from,
+            to,
+            name,
+            total,
+        } => {
+            put_u32(out, *stream);
+            put_id(out, from.as_str());
+            put_id(out, to.as_str());
+            put_qstr(out, name.as_qstr());
+            put_u64(out, *total);
+            FILE_START
+        }
+        TrunkFrame::FileData { stream, data } => {
+            put_u32(out, *stream);
+            out.extend_from_slice(data);
+            FILE_DATA
+        }
+        TrunkFrame::FileCredit { stream, granted } => {
+            put_u32(out, *stream);
+            put_u64(out, *granted);
+            FILE_CREDIT
+        }
+        TrunkFrame::FileEnd { stream, delivered } => {
+            put_u32(out, *stream);
+            put_u64(out, *delivered);
+            FILE_END
+        }
+        TrunkFrame::FileAbort { stream } => {
+            put_u32(out, *stream);
+            FILE_ABORT
         }
         TrunkFrame::Media {
             call_id,
@@ -174,6 +253,28 @@ fn decode_body(kind: u8, body: &[u8]) -> Option<TrunkFrame> {
             mac: cursor.bytes(cursor.remaining()).ok()?.to_vec(),
         },
         EVENT => TrunkFrame::Event(decode_event(&mut cursor)?),
+        FILE_START => TrunkFrame::FileStart {
+            stream: cursor.u32().ok()?,
+            from: take_user(&mut cursor)?,
+            to: take_user(&mut cursor)?,
+            name: cursor.qstring(MAX_BODY).ok()?.to_owned_qstring(),
+            total: take_u64(&mut cursor)?,
+        },
+        FILE_DATA => TrunkFrame::FileData {
+            stream: cursor.u32().ok()?,
+            data: cursor.bytes(cursor.remaining()).ok()?.to_vec(),
+        },
+        FILE_CREDIT => TrunkFrame::FileCredit {
+            stream: cursor.u32().ok()?,
+            granted: take_u64(&mut cursor)?,
+        },
+        FILE_END => TrunkFrame::FileEnd {
+            stream: cursor.u32().ok()?,
+            delivered: take_u64(&mut cursor)?,
+        },
+        FILE_ABORT => TrunkFrame::FileAbort {
+            stream: cursor.u32().ok()?,
+        },
         MEDIA => {
             let call_id = CallId::parse(&take_id(&mut cursor)?)?;
             let flags = cursor.u8().ok()?;
@@ -257,9 +358,7 @@ fn encode_event(event: &NodeEvent, out: &mut Vec<u8>) {
 
 fn decode_event(cursor: &mut Cursor<'_>) -> Option<NodeEvent> {
     let call = |cursor: &mut Cursor<'_>| CallId::parse(&take_id(cursor)?);
-    let user = |cursor: &mut Cursor<'_>| {
-        UserId::from_string(take_id(cursor)?, crate::ids::USER_ID_MAX_BYTES).ok()
-    };
+    let user = take_user;
     let text = |cursor: &mut Cursor<'_>| {
         cursor
             .qstring(MAX_BODY)
@@ -307,6 +406,19 @@ fn decode_event(cursor: &mut Cursor<'_>) -> Option<NodeEvent> {
         },
         _ => return None,
     })
+}
+
+fn take_user(cursor: &mut Cursor<'_>) -> Option<UserId> {
+    UserId::from_string(take_id(cursor)?, crate::ids::USER_ID_MAX_BYTES).ok()
+}
+
+fn put_u64(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(&value.to_be_bytes());
+}
+
+fn take_u64(cursor: &mut Cursor<'_>) -> Option<u64> {
+    let bytes = cursor.bytes(8).ok()?;
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
 /// A `u32` byte length and UTF-8.
@@ -377,6 +489,26 @@ mod tests {
                 to: user("bob"),
                 text: reason("hello 😀"),
             }),
+            TrunkFrame::FileStart {
+                stream: 7,
+                from: user("alice"),
+                to: user("bob"),
+                name: reason("notes.txt"),
+                total: 8 << 20,
+            },
+            TrunkFrame::FileData {
+                stream: 7,
+                data: vec![3; 9],
+            },
+            TrunkFrame::FileCredit {
+                stream: 7,
+                granted: 1 << 40,
+            },
+            TrunkFrame::FileEnd {
+                stream: 7,
+                delivered: 12,
+            },
+            TrunkFrame::FileAbort { stream: 7 },
             TrunkFrame::Media {
                 call_id: call(),
                 first: Some(10),

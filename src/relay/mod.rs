@@ -240,6 +240,15 @@ pub enum FileRoute {
         /// The sender's user id, for the `from` field.
         from: UserId,
     },
+    /// To `to` on another node (over the trunk), with this sender id.
+    Remote {
+        /// The node.
+        node: NodeId,
+        /// Receiver.
+        to: UserId,
+        /// The sender's user id.
+        from: UserId,
+    },
     /// Nobody by that id is online: the data is discarded.
     Undeliverable,
 }
@@ -636,6 +645,13 @@ impl Relay {
         let Some(from) = self.user_of(conn).cloned() else {
             return FileRoute::Undeliverable;
         };
+        if let (None, Some((receiver, node))) = (self.online_user(to), self.remote_user(to)) {
+            return FileRoute::Remote {
+                node,
+                to: receiver,
+                from,
+            };
+        }
         match self.online_user(to) {
             Some(receiver) => FileRoute::Deliver { to: receiver, from },
             None => {

@@ -19,7 +19,7 @@ use crate::cluster::directory::{self, Directory, Effect, Event, Keys};
 use crate::cluster::resp::{self, Reply};
 use crate::cluster::trunk::{self, TrunkFrame};
 use crate::config::ClusterOptions;
-use crate::ids::{CallId, NodeId};
+use crate::ids::{CallId, ConnId, NodeId};
 use crate::relay::NodeEvent;
 
 /// Token of the Redis command connection.
@@ -108,6 +108,80 @@ impl Trunk {
     }
 }
 
+/// A FILE this node sends over a trunk.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Its sender here.
+    pub sender: ConnId,
+    /// The receiver's node.
+    pub node: NodeId,
+    /// Data bytes in all.
+    pub total: u64,
+    /// Data bytes sent so far.
+    pub sent: u64,
+    /// Data bytes the receiving node takes (its credit).
+    pub granted: u64,
+}
+
+/// A FILE another node sends over a trunk to a receiver here.
+#[derive(Debug)]
+pub struct Incoming {
+    /// Its receiver.
+    pub to: ConnId,
+    /// The stream as the receiver's pipe knows it ([`ConnId::trunk_stream`]).
+    pub as_sender: ConnId,
+    /// Its header, encoded for the receiver, until it is written.
+    pub header: Option<Vec<u8>>,
+    /// Data bytes in all.
+    pub total: u64,
+    /// Data bytes received (and given to the receiver).
+    pub received: u64,
+    /// Data bytes granted to the sending node so far.
+    pub granted: u64,
+}
+
+/// The FILE streams on the trunks (per-stream credit: a slow receiver
+/// holds back only its own sender).
+#[derive(Debug, Default)]
+pub struct Files {
+    next_stream: u32,
+    /// Streams this node sends, by stream number.
+    pub outgoing: HashMap<u32, Outgoing>,
+    /// The stream each sender here is sending.
+    pub sending: HashMap<ConnId, u32>,
+    /// Streams coming in, by (node, stream number).
+    pub incoming: HashMap<(NodeId, u32), Incoming>,
+    /// The streams waiting for or going to each receiver here, in order.
+    pub receiving: HashMap<ConnId, Vec<(NodeId, u32)>>,
+}
+
+impl Files {
+    /// A new stream number.
+    pub fn next_stream(&mut self) -> u32 {
+        self.next_stream = self.next_stream.wrapping_add(1);
+        self.next_stream
+    }
+
+    /// Forgets incoming stream `key`.
+    pub fn forget_incoming(&mut self, key: &(NodeId, u32)) -> Option<Incoming> {
+        let incoming = self.incoming.remove(key)?;
+        if let Some(keys) = self.receiving.get_mut(&incoming.to) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.receiving.remove(&incoming.to);
+            }
+        }
+        Some(incoming)
+    }
+
+    /// Forgets outgoing stream `stream`.
+    pub fn forget_outgoing(&mut self, stream: u32) -> Option<Outgoing> {
+        let outgoing = self.outgoing.remove(&stream)?;
+        self.sending.remove(&outgoing.sender);
+        Some(outgoing)
+    }
+}
+
 /// What the server must act on after cluster I/O.
 #[derive(Debug)]
 pub enum Happened {
@@ -132,7 +206,8 @@ pub struct ClusterIo {
     listener: TcpListener,
     trunks: Slab<Trunk>,
     by_node: HashMap<NodeId, usize>,
-    pending: HashMap<NodeId, Vec<Vec<u8>>>,
+    /// Frames for nodes whose trunk is being dialled, and since when.
+    pending: HashMap<NodeId, (Instant, Vec<Vec<u8>>)>,
     /// Events that came while the users hash was being loaded.
     loading: Option<Vec<Event>>,
     secret: Option<Vec<u8>>,
@@ -143,6 +218,8 @@ pub struct ClusterIo {
     dial_backoff: HashMap<NodeId, (Instant, Duration)>,
     /// Happenings for the server to handle.
     pub happened: Vec<Happened>,
+    /// FILE streams over the trunks.
+    pub files: Files,
 }
 
 fn unix_ms() -> u64 {
@@ -203,6 +280,7 @@ impl ClusterIo {
             loading: None,
             secret,
             next_heartbeat: now,
+            files: Files::default(),
             refresh_nodes: false,
             dial_backoff: HashMap::new(),
             happened: Vec::new(),
@@ -273,15 +351,21 @@ impl ClusterIo {
             trunk.output.extend_from_slice(&bytes);
             return true;
         }
-        let queue = self.pending.entry(node.clone()).or_default();
+        // Its trunk failed a moment ago (and is dialled again later): what
+        // is for it now cannot be delivered, rather than wait for that.
+        if self.dial_backoff.contains_key(node) && !self.dialling(node) {
+            return false;
+        }
+        let (_, queue) = self
+            .pending
+            .entry(node.clone())
+            .or_insert_with(|| (Instant::now(), Vec::new()));
         if queue.len() >= PENDING_LIMIT {
             return false;
         }
         queue.push(bytes);
         match self.directory.trunk_addr(node) {
-            Some(addr) if !self.dialling(node) && !self.dial_backoff.contains_key(node) => {
-                self.dial(node.clone(), addr, registry)
-            }
+            Some(addr) if !self.dialling(node) => self.dial(node.clone(), addr, registry),
             Some(_) => {}
             // A node heard of before its heartbeat: read the node table now.
             None => self.refresh_nodes = true,
@@ -541,7 +625,15 @@ impl ClusterIo {
                 }
                 return Ok(());
             }
-            (TrunkState::Up, frame @ TrunkFrame::Event(_)) => {
+            (
+                TrunkState::Up,
+                frame @ (TrunkFrame::Event(_)
+                | TrunkFrame::FileStart { .. }
+                | TrunkFrame::FileData { .. }
+                | TrunkFrame::FileCredit { .. }
+                | TrunkFrame::FileEnd { .. }
+                | TrunkFrame::FileAbort { .. }),
+            ) => {
                 if let Some(node) = trunk.node.clone() {
                     self.happened.push(Happened::Frame(node, frame));
                 }
@@ -557,7 +649,7 @@ impl ClusterIo {
             info!("cluster: trunk to {node} up");
             self.dial_backoff.remove(&node);
             self.happened.push(Happened::TrunkUp(node.clone()));
-            if let Some(queued) = self.pending.remove(&node) {
+            if let Some((_, queued)) = self.pending.remove(&node) {
                 for bytes in queued {
                     trunk.output.extend_from_slice(&bytes);
                 }
@@ -644,15 +736,26 @@ impl ClusterIo {
                 .map_or(DIAL_BACKOFF, |(_, b)| (*b * 2).min(MAX_DIAL_BACKOFF));
             self.dial_backoff
                 .insert(node.clone(), (Instant::now() + backoff, backoff));
-            for bytes in self.pending.remove(&node).unwrap_or_default() {
-                if let Ok(Some((TrunkFrame::Event(NodeEvent::Ring { call_id, .. }), _))) =
-                    trunk::decode(&bytes)
-                {
-                    let reason = crate::protocol::qdatastream::QString::from_str("offline");
-                    let refused = NodeEvent::Reject { call_id, reason };
-                    self.happened
-                        .push(Happened::Frame(node.clone(), TrunkFrame::Event(refused)));
-                }
+            self.refuse_pending(&node);
+        }
+    }
+
+    /// What waits for `node` cannot be delivered: dropped, and a call that
+    /// was to ring there is refused as to an offline user.
+    fn refuse_pending(&mut self, node: &NodeId) {
+        for bytes in self
+            .pending
+            .remove(node)
+            .map(|(_, queued)| queued)
+            .unwrap_or_default()
+        {
+            if let Ok(Some((TrunkFrame::Event(NodeEvent::Ring { call_id, .. }), _))) =
+                trunk::decode(&bytes)
+            {
+                let reason = crate::protocol::qdatastream::QString::from_str("offline");
+                let refused = NodeEvent::Reject { call_id, reason };
+                self.happened
+                    .push(Happened::Frame(node.clone(), TrunkFrame::Event(refused)));
             }
         }
     }
@@ -689,14 +792,8 @@ impl ClusterIo {
         }
         if now >= self.next_heartbeat && matches!(self.commands.state, RedisState::Up(_)) {
             self.next_heartbeat = now + Duration::from_millis(directory::HEARTBEAT_MS);
-            let me = self.directory.me().to_string();
-            let value = format!("{} {}", self.options.trunk_advertise, unix_ms());
+            self.heartbeat();
             let nodes = self.keys.nodes.clone();
-            send_command(
-                &mut self.commands,
-                &[b"HSET", nodes.as_bytes(), me.as_bytes(), value.as_bytes()],
-                Pending::Ignore,
-            );
             send_command(
                 &mut self.commands,
                 &[b"HGETALL", nodes.as_bytes()],
@@ -736,6 +833,18 @@ impl ClusterIo {
                 self.dial(node, addr, registry);
             }
         }
+    }
+
+    /// This node's entry in the nodes hash: its trunk address, now.
+    fn heartbeat(&mut self) {
+        let me = self.directory.me().to_string();
+        let value = format!("{} {}", self.options.trunk_advertise, unix_ms());
+        let nodes = &self.keys.nodes;
+        send_command(
+            &mut self.commands,
+            &[b"HSET", nodes.as_bytes(), me.as_bytes(), value.as_bytes()],
+            Pending::Ignore,
+        );
     }
 
     fn redis_mut(&mut self, which: Token) -> &mut RedisConn {
@@ -848,6 +957,9 @@ impl ClusterIo {
             }
         );
         if which == REDIS_COMMANDS {
+            // The node's entry first: anyone who hears of its users finds
+            // its trunk address (commands run in order).
+            self.heartbeat();
             self.next_heartbeat = Instant::now();
             // Redis may have come back empty: every local user again.
             let node_users = self.keys.node_users(self.directory.me());
@@ -928,7 +1040,7 @@ impl ClusterIo {
             }
             return;
         }
-        let Some((pending, _)) = self.commands.pending.pop_front() else {
+        let Some((pending, asked)) = self.commands.pending.pop_front() else {
             return;
         };
         if let Some(error) = resp::error(&reply) {
@@ -945,7 +1057,19 @@ impl ClusterIo {
                         Some((node, addr, seen))
                     })
                     .collect();
-                for dead in self.directory.node_table(entries, unix_ms()) {
+                let dead = self.directory.node_table(entries, unix_ms());
+                // Nodes not in a table read after frames began to wait for
+                // them (dead, or never there) get nothing of those frames.
+                let unknown: Vec<NodeId> = self
+                    .pending
+                    .iter()
+                    .filter(|(node, (since, _))| *since < asked && !self.directory.is_alive(node))
+                    .map(|(node, _)| node.clone())
+                    .collect();
+                for node in unknown {
+                    self.refuse_pending(&node);
+                }
+                for dead in dead {
                     warn!("cluster: node {dead} missed its heartbeats; removing it and its users");
                     let dead_users = self.keys.node_users(&dead);
                     let keys = [

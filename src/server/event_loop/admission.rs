@@ -95,7 +95,8 @@ impl Server {
                 debug!("{addr}: {option} failed: {error}");
             }
             let entry = self.conns.vacant_entry();
-            self.next_generation = self.next_generation.wrapping_add(1);
+            // Generation 0 is never a connection's: it names trunk streams.
+            self.next_generation = self.next_generation.wrapping_add(1).max(1);
             let Ok(slot) = u32::try_from(entry.key()) else {
                 warn!("{addr}: no connection slot left");
                 self.abandon_admitted(addr);

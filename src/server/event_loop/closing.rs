@@ -88,6 +88,7 @@ impl Server {
         if let Some((dest, remaining)) = cut_short {
             self.pad_frame(id, dest, remaining);
         }
+        self.trunk_files_left(id);
         let user = self.relay.user_of(id).cloned();
         self.relay
             .leave(id, reason.departure(), self.now, &mut self.actions);

@@ -103,8 +103,9 @@ impl Server {
                     ) => {
                         self.media_from_trunk(&call_id, &payload);
                     }
-                    Happened::Frame(..) => {}
+                    Happened::Frame(node, frame) => self.file_from_trunk(node, frame),
                     Happened::TrunkDown(node) => {
+                        self.trunk_files_lost(&node);
                         self.relay.node_lost(&node, self.now, &mut self.actions);
                     }
                     Happened::TrunkUp(node) => self.relay.node_back(&node, &mut self.actions),

@@ -20,6 +20,7 @@
 mod admission;
 mod closing;
 mod cluster;
+mod cluster_files;
 mod input;
 mod operations;
 mod output;

@@ -245,6 +245,9 @@ impl Server {
     ) -> Step {
         let (to, from) = match route {
             FileRoute::Deliver { to, from } => (to, from),
+            FileRoute::Remote { node, to, from } => {
+                return self.file_to_trunk(id, node, from, to, name, data);
+            }
             FileRoute::Undeliverable => return self.file_undeliverable(id, data),
         };
         let Some(view) = self.receiver_view(to) else {
@@ -273,7 +276,7 @@ impl Server {
         }
     }
 
-    fn file_undeliverable(&mut self, id: ConnId, data: ByteArrayLen) -> Step {
+    pub(crate) fn file_undeliverable(&mut self, id: ConnId, data: ByteArrayLen) -> Step {
         self.relay.note_file(false);
         if data.len > 0 {
             self.set_outbound(id, Outbound::Discard { cut_short: None });
@@ -304,6 +307,14 @@ impl Server {
             }
             return Step::Done;
         }
+        if kind == BodyKind::File
+            && let Some(step) = self.file_body_to_trunk(id, len, last)
+        {
+            return step;
+        }
+        let Some(conn) = self.conn(id) else {
+            return Step::Done;
+        };
         let (outbound, remaining) = (conn.outbound, conn.parser.body_remaining());
         if let Some(to) = outbound.body_to() {
             let view = self.receiver_view(to);
@@ -359,7 +370,7 @@ impl Server {
     /// The whole of a FILE whose receiver went away has been read from its
     /// sender: a length-prefixed sender is told how much arrived
     /// (PROTOCOL.md 8.4); a seed sender cannot be told, so it is logged.
-    fn file_cut_short(&mut self, id: ConnId, cut_short: CutShort) {
+    pub(crate) fn file_cut_short(&mut self, id: ConnId, cut_short: CutShort) {
         let CutShort { delivered, total } = cut_short;
         self.counters.files_cut_short += 1;
         let level = self.budgeted("file_cut_short", log::Level::Info);
@@ -411,7 +422,8 @@ impl Server {
             ..
         } = self;
         let (src, dst) = match from {
-            Some(from) if from.index() != to.index() => {
+            // A trunk stream's bytes come in `header`: it has no input.
+            Some(from) if from.index() != to.index() && !from.is_trunk_stream() => {
                 match conns.get2_mut(from.index(), to.index()) {
                     Some((src, dst)) if src.id == from && dst.id == to => (Some(&*src), dst),
                     _ => return Placed::Nowhere,
@@ -518,7 +530,7 @@ impl Server {
         }
     }
 
-    fn set_outbound(&mut self, id: ConnId, outbound: Outbound) {
+    pub(crate) fn set_outbound(&mut self, id: ConnId, outbound: Outbound) {
         if let Some(conn) = self.conn_mut(id) {
             conn.outbound = outbound;
         }
@@ -531,7 +543,7 @@ impl Server {
     }
 
     /// `from`'s cut-through frame into `to` has started.
-    fn start_inbound(&mut self, to: ConnId, from: ConnId) {
+    pub(crate) fn start_inbound(&mut self, to: ConnId, from: ConnId) {
         if let Some(dst) = self.conn_mut(to)
             && dst.inbound.owner() != Some(from)
         {
@@ -591,6 +603,9 @@ impl Server {
                     cut.stall = None;
                 }
                 self.open_stall_window(to);
+            }
+            StallVerdict::CloseOwner if owner.is_trunk_stream() => {
+                self.trunk_file_stalled(owner, to);
             }
             StallVerdict::CloseOwner => {
                 let detail = format!("a frame to {to} stalled while other frames for it waited");
@@ -679,6 +694,7 @@ impl Server {
         {
             self.wake(dest, decide::wake(&view, self.soft_limit()));
         }
+        self.trunk_file_drained(dest);
     }
 
     /// A sender vanished inside a frame it was cutting through into `dest`
