@@ -128,6 +128,23 @@ fn wait_reachable(from: &mut Client, to: &mut Client) {
 
 const FRAMED: Framing = Framing::LengthPrefixed;
 
+/// Waits until `relay` has one connection whose reading is paused (a FILE
+/// sender out of its stream's credit), polling its metrics.
+#[track_caller]
+fn wait_until_one_paused(relay: &RelayProcess) {
+    let deadline = Instant::now() + WAIT;
+    let paused = || {
+        common::sample(
+            &common::scrape(relay.metrics_addr()),
+            "callrelay_connections_paused",
+        )
+    };
+    while paused() != 1 {
+        assert!(Instant::now() < deadline, "no sender was paused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_call_across_nodes_carries_media_both_ways_in_both_framings() {
     let redis = Redis::start();
@@ -506,15 +523,7 @@ fn a_file_crosses_nodes_with_backpressure_on_its_stream_only() {
     let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 253) as u8).collect();
     let sending = alice.send_in_background(common::file_message(FRAMED, "carol", "big.bin", &data));
     // carol reads nothing: alice is paused on her stream's credit.
-    let deadline = Instant::now() + WAIT;
-    while common::sample(
-        &common::scrape(a.metrics_addr()),
-        "callrelay_connections_paused",
-    ) != 1
-    {
-        assert!(Instant::now() < deadline, "alice was never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_one_paused(&a);
     dave.text("erin", "the trunk is not stalled");
     erin.expect_text("dave", "the trunk is not stalled");
     carol.expect_bytes(&common::file_frame_bytes(
@@ -546,15 +555,7 @@ fn a_file_whose_sender_or_receiver_goes_away_across_nodes() {
     wait_reachable(&mut alice, &mut carol);
     let data = vec![7u8; 4 << 20];
     let sending = alice.send_in_background(common::file_message(FRAMED, "carol", "a.bin", &data));
-    let deadline = Instant::now() + WAIT;
-    while common::sample(
-        &common::scrape(a.metrics_addr()),
-        "callrelay_connections_paused",
-    ) != 1
-    {
-        assert!(Instant::now() < deadline, "alice was never paused");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_one_paused(&a);
     drop(carol);
     sending.join().expect("alice's rest is read and dropped");
     alice.expect_error("offline");
