@@ -1,8 +1,11 @@
-//! A tiny HTTP/1.1 responder for `GET /metrics`, served from the same poll
-//! loop as the relay. One request per connection: read the request head
-//! (at most 8 KiB), answer, close. `GET /metrics` gets the Prometheus text;
-//! another path gets 404, another method 405, anything that is not an HTTP
-//! request head 400. It reads the counters and writes nothing else.
+//! A tiny HTTP/1.1 responder for `GET /metrics`, `/healthz` and `/readyz`,
+//! served from the same poll loop as the relay. One request per
+//! connection: read the request head (at most 8 KiB), answer, close.
+//! `GET /metrics` gets the Prometheus text; `/healthz` 200 while serving,
+//! 503 once a drain started; `/readyz` 200 when new clients can be served
+//! (in a cluster: Redis reachable), else 503; another path gets 404,
+//! another method 405, anything that is not an HTTP request head 400. It
+//! reads the counters and writes nothing else.
 
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -17,6 +20,10 @@ const MAX_HEAD: usize = 8 * 1024;
 pub enum Request {
     /// `GET /metrics`.
     Metrics,
+    /// `GET /healthz`: is the process serving (not draining)?
+    Health,
+    /// `GET /readyz`: may a load balancer send new clients?
+    Ready,
     /// A well-formed request for another path.
     NotFound,
     /// A well-formed request with another method.
@@ -46,6 +53,8 @@ pub fn parse_request(input: &[u8]) -> Option<Request> {
     let path = target.split('?').next().unwrap_or_default();
     Some(match (method, path) {
         ("GET", "/metrics") => Request::Metrics,
+        ("GET", "/healthz") => Request::Health,
+        ("GET", "/readyz") => Request::Ready,
         ("GET" | "HEAD", _) => Request::NotFound,
         _ => Request::MethodNotAllowed,
     })
@@ -175,6 +184,14 @@ mod tests {
         assert_eq!(
             parse_request(b"GET / HTTP/1.1\r\n\r\n"),
             Some(Request::NotFound)
+        );
+        assert_eq!(
+            parse_request(b"GET /healthz HTTP/1.1\r\n\r\n"),
+            Some(Request::Health)
+        );
+        assert_eq!(
+            parse_request(b"GET /readyz HTTP/1.0\r\n\r\n"),
+            Some(Request::Ready)
         );
         assert_eq!(
             parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),

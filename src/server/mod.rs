@@ -9,6 +9,7 @@ pub mod connection;
 pub mod event_loop;
 pub mod log_budget;
 pub mod metrics_http;
+pub mod notify;
 pub mod pipe;
 pub mod socket;
 pub mod timers;

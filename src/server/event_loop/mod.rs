@@ -190,6 +190,8 @@ pub struct Server {
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// The cluster's connections, if this node is in one.
     cluster: Option<Box<super::cluster::ClusterIo>>,
+    /// The service manager (`$NOTIFY_SOCKET`), if any.
+    notifier: super::notify::Notifier,
 }
 
 /// Whether the server runs or is shutting down.
@@ -282,6 +284,7 @@ impl Server {
             auth_failures: admission::AuthFailures::default(),
             tls: None,
             cluster: None,
+            notifier: super::notify::Notifier::none(),
         })
     }
 
@@ -337,6 +340,9 @@ impl Server {
         if let Some(addr) = self.metrics_addr() {
             info!("metrics on http://{addr}/metrics");
         }
+        self.notifier = super::notify::Notifier::from_env();
+        self.notifier
+            .send(&format!("READY=1\nSTATUS={}", self.status_line()));
         loop {
             if let Some(exit) = self.turn()? {
                 return Ok(exit);

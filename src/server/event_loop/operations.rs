@@ -15,7 +15,10 @@ impl Server {
             .unwrap_or_default();
         for signal in pending {
             if signal == SIGHUP {
+                self.notifier.send("RELOADING=1\nSTATUS=reloading");
                 self.reload();
+                self.notifier
+                    .send(&format!("READY=1\nSTATUS={}", self.status_line()));
                 continue;
             }
             match self.lifecycle {
@@ -67,6 +70,8 @@ impl Server {
             self.config.timeouts.shutdown
         );
         self.lifecycle = Lifecycle::Draining { deadline };
+        self.notifier
+            .send("STOPPING=1\nSTATUS=draining: calls ended, connections closing");
         if let Err(error) = self.poll.registry().deregister(&mut self.listener) {
             debug!("deregister listener: {error}");
         }
@@ -154,9 +159,27 @@ impl Server {
                     "text/plain; version=0.0.4; charset=utf-8",
                     &metrics::render_prometheus(&self.snapshot()),
                 ),
-                Request::NotFound => {
-                    metrics_http::response("404 Not Found", "text/plain", "try /metrics\n")
-                }
+                Request::Health => match self.lifecycle {
+                    Lifecycle::Running => metrics_http::response("200 OK", "text/plain", "ok\n"),
+                    Lifecycle::Draining { .. } => metrics_http::response(
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "draining\n",
+                    ),
+                },
+                Request::Ready => match self.not_ready() {
+                    None => metrics_http::response("200 OK", "text/plain", "ready\n"),
+                    Some(why) => metrics_http::response(
+                        "503 Service Unavailable",
+                        "text/plain",
+                        &format!("{why}\n"),
+                    ),
+                },
+                Request::NotFound => metrics_http::response(
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics, /healthz or /readyz\n",
+                ),
                 Request::MethodNotAllowed => {
                     metrics_http::response("405 Method Not Allowed", "text/plain", "GET only\n")
                 }
@@ -188,5 +211,28 @@ impl Server {
                 self.per_ip.remove(&ip);
             }
         }
+    }
+
+    /// Why new clients should not be sent here now, if they should not.
+    fn not_ready(&self) -> Option<&'static str> {
+        if matches!(self.lifecycle, Lifecycle::Draining { .. }) {
+            return Some("draining");
+        }
+        match &self.cluster {
+            Some(cluster) if !cluster.redis_up() => Some("Redis unreachable"),
+            _ => None,
+        }
+    }
+
+    /// The one-line status for the service manager (`systemctl status`).
+    pub(super) fn status_line(&self) -> String {
+        let (ringing, active) = self.relay.call_counts();
+        format!(
+            "{} connections, {} users, {} calls ringing, {} active",
+            self.conns.len(),
+            self.relay.online(),
+            ringing,
+            active
+        )
     }
 }

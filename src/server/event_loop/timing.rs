@@ -50,6 +50,8 @@ impl Server {
                 }
                 TimerKey::Stats => {
                     info!("{}", metrics::stats_line(&self.snapshot()));
+                    self.notifier
+                        .send(&format!("STATUS={}", self.status_line()));
                     self.timers.arm(
                         self.now + self.config.timeouts.stats_interval,
                         TimerKey::Stats,
