@@ -263,6 +263,8 @@ pub enum Command {
     Help(String),
     /// Print the version and exit.
     Version,
+    /// `--check-config`: the configuration is valid; print it and exit.
+    CheckConfig(Box<Config>),
 }
 
 /// A command line that cannot be used.
@@ -505,6 +507,17 @@ fn options() -> Options {
         "failed authentications from one address within 10 s before its new connections are refused for 10 s (default 20)",
         "N",
     );
+    opts.optopt(
+        "",
+        "config",
+        "read options from FILE first: one `long-option = value` per line (same names; flags take true/false; # comments); the command line wins",
+        "FILE",
+    );
+    opts.optflag(
+        "",
+        "check-config",
+        "check the configuration (files it names included), print it (no secrets: only their files) and exit 0; errors exit 2",
+    );
     opts.optflag("h", "help", "print this help and exit");
     opts.optflag("V", "version", "print the version and exit");
     opts
@@ -526,6 +539,22 @@ pub fn usage(program: &str) -> String {
 
 /// Parses the arguments after the program name.
 pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError> {
+    let (args, file_lines) =
+        crate::config_file::expand(args, &options()).map_err(ConfigError::new)?;
+    parse_expanded(program, &args).map_err(|error| {
+        // An option from the file: say where it was.
+        let at = file_lines
+            .iter()
+            .find(|(key, _)| error.message.contains(&format!("--{key}")));
+        match at {
+            Some((_, at)) => ConfigError::new(format!("{at}: {}", error.message)),
+            None => error,
+        }
+    })
+}
+
+/// [`parse_args`] once `--config` is expanded.
+fn parse_expanded(program: &str, args: &[String]) -> Result<Command, ConfigError> {
     let matches = options()
         .parse(args)
         .map_err(|error| ConfigError::new(error.to_string()))?;
@@ -649,6 +678,9 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
         return Err(ConfigError::new(
             "--output-soft must not exceed --output-hard",
         ));
+    }
+    if matches.opt_present("check-config") {
+        return Ok(Command::CheckConfig(Box::new(config)));
     }
     Ok(Command::Run(Box::new(config)))
 }

@@ -15,13 +15,15 @@
 //!   connections and applies the relay's actions.
 //! - [`cluster`]: the cluster's directory, Redis codec and trunk framing
 //!   (no I/O; the server drives them).
-//! - [`config`]: command-line options, defaults and validation.
+//! - [`config`]: command-line options, defaults and validation;
+//!   [`config_file`]: `--config FILE` turned into options.
 //! - [`ids`]: identifier newtypes shared by the layers.
 #![deny(missing_docs)]
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod config_file;
 pub mod ids;
 pub mod metrics;
 pub mod protocol;
