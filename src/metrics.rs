@@ -123,6 +123,21 @@ pub struct Snapshot<'a> {
     pub queued_bytes: usize,
     /// Open connections speaking TLS.
     pub tls_connections: usize,
+    /// The cluster, if this node is in one.
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+/// What a cluster node shows of its cluster.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterSnapshot {
+    /// Both Redis connections are up.
+    pub redis_up: bool,
+    /// Trunks carrying traffic.
+    pub trunks_up: usize,
+    /// Users the directory places on other nodes.
+    pub remote_users: usize,
+    /// FILE streams over trunks, out and in.
+    pub file_streams: usize,
 }
 
 struct Writer {
@@ -359,6 +374,37 @@ pub fn render_prometheus(snapshot: &Snapshot<'_>) -> String {
             .connections
             .saturating_sub(snapshot.tls_connections) as u64,
     );
+    let cluster = snapshot.cluster.unwrap_or_default();
+    out.single(
+        "cluster_member",
+        "gauge",
+        "1 when this node is in a cluster (--cluster).",
+        u64::from(snapshot.cluster.is_some()),
+    );
+    out.single(
+        "cluster_redis_up",
+        "gauge",
+        "1 while both connections to the cluster's Redis are up.",
+        u64::from(cluster.redis_up),
+    );
+    out.single(
+        "cluster_trunks_up",
+        "gauge",
+        "Trunks to other nodes carrying traffic.",
+        cluster.trunks_up as u64,
+    );
+    out.single(
+        "cluster_remote_users",
+        "gauge",
+        "Users the directory places on other nodes.",
+        cluster.remote_users as u64,
+    );
+    out.single(
+        "cluster_file_streams",
+        "gauge",
+        "FILE streams over trunks in progress, out and in.",
+        cluster.file_streams as u64,
+    );
     out.single(
         "tls_accepted_total",
         "counter",
@@ -430,6 +476,7 @@ mod tests {
             paused: 0,
             queued_bytes: 0,
             tls_connections: 1,
+            cluster: None,
         });
         let mut declared = Vec::new();
         for line in text.lines() {

@@ -105,6 +105,15 @@ impl Server {
             paused,
             queued_bytes,
             tls_connections,
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|cluster| crate::metrics::ClusterSnapshot {
+                    redis_up: cluster.redis_up(),
+                    trunks_up: cluster.trunks_up(),
+                    remote_users: self.relay.remote_users(),
+                    file_streams: cluster.files.outgoing.len() + cluster.files.incoming.len(),
+                }),
         }
     }
 
