@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden fuzz soak bench
+.PHONY: all build release run test lint fmt clippy clean deps qt qt-golden fuzz soak bench deb deb-check
 
 QMAKE ?= /usr/lib/qt5/bin/qmake
 QT_BUILD := target/qt
@@ -22,9 +22,21 @@ release:
 run: release
 	./target/release/callrelay $(ARGS)
 
-# Everything the tests need, then every test: unit, codec properties, integration over real sockets, lint.
+# Everything the tests need, then every test: unit, codec properties, integration over real sockets, lint,
+# and the Debian package installed, run and removed again.
 test: lint qt
 	$(CARGO) test --all-targets
+	$(MAKE) --no-print-directory deb-check
+
+# The Debian package: target/debian/callrelay_VERSION_amd64.deb (cargo-deb, installed when missing).
+deb:
+	command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+	$(CARGO) deb
+
+# Builds the package, installs it with dpkg, runs the installed relay with the installed
+# config on a free port, places calls through it, and removes the package (needs root).
+deb-check: deb
+	./.ci/deb-check
 
 # Install what the tests need beyond Rust (Qt 5 and a C++ compiler, from Debian) when missing.
 deps:
