@@ -130,6 +130,11 @@ pub struct Config {
     pub reuse_port: bool,
     /// The cluster this node joins, if any (PROTOCOL.md section 11).
     pub cluster: Option<ClusterOptions>,
+    /// `--log-level`: overrides `RUST_LOG`; SIGHUP may change it.
+    pub log_level: Option<log::LevelFilter>,
+    /// The command line, kept when it names a `--config` file so SIGHUP
+    /// can read the file again.
+    pub reload_args: Option<Vec<String>>,
     /// Timeouts.
     pub timeouts: Timeouts,
 }
@@ -169,6 +174,8 @@ impl Default for Config {
             tls: TlsOptions::default(),
             reuse_port: false,
             cluster: None,
+            log_level: None,
+            reload_args: None,
             timeouts: Timeouts::default(),
         }
     }
@@ -509,6 +516,12 @@ fn options() -> Options {
     );
     opts.optopt(
         "",
+        "log-level",
+        "error, warn, info, debug or trace: overrides RUST_LOG, and SIGHUP applies a new one from --config (default: RUST_LOG, else info)",
+        "LEVEL",
+    );
+    opts.optopt(
+        "",
         "config",
         "read options from FILE first: one `long-option = value` per line (same names; flags take true/false; # comments); the command line wins",
         "FILE",
@@ -539,9 +552,9 @@ pub fn usage(program: &str) -> String {
 
 /// Parses the arguments after the program name.
 pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError> {
-    let (args, file_lines) =
+    let (expanded, file_lines) =
         crate::config_file::expand(args, &options()).map_err(ConfigError::new)?;
-    parse_expanded(program, &args).map_err(|error| {
+    let command = parse_expanded(program, &expanded).map_err(|error| {
         // An option from the file: say where it was.
         let at = file_lines
             .iter()
@@ -550,6 +563,17 @@ pub fn parse_args(program: &str, args: &[String]) -> Result<Command, ConfigError
             Some((_, at)) => ConfigError::new(format!("{at}: {}", error.message)),
             None => error,
         }
+    })?;
+    Ok(match command {
+        Command::Run(mut config)
+            if args
+                .iter()
+                .any(|arg| arg == "--config" || arg.starts_with("--config=")) =>
+        {
+            config.reload_args = Some(args.to_vec());
+            Command::Run(config)
+        }
+        other => other,
     })
 }
 
@@ -613,6 +637,13 @@ fn parse_expanded(program: &str, args: &[String]) -> Result<Command, ConfigError
         config.metrics_listen = Some(parse_addr(&listen)?);
     }
     config.reuse_port = matches.opt_present("reuse-port");
+    if let Some(level) = matches.opt_str("log-level") {
+        config.log_level = Some(level.parse().map_err(|_| {
+            ConfigError::new(format!(
+                "--log-level {level:?}: one of error, warn, info, debug, trace"
+            ))
+        })?);
+    }
     config.cluster = parse_cluster(&matches, config.listen)?;
     if let Some(count) = matches.opt_str("max-per-ip") {
         config.max_per_ip = parse_count_or_zero(&count, "max-per-ip")?;

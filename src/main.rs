@@ -91,7 +91,17 @@ impl Files {
 
 /// Binds and runs the relay until a signal ends it.
 fn run(config: config::Config, files: Files) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(level) = config.log_level {
+        // Everything passes the logger; the level is log's own maximum,
+        // which SIGHUP can change.
+        logger.filter_level(log::LevelFilter::Trace);
+        logger.init();
+        log::set_max_level(level);
+    } else {
+        logger.init();
+    }
     let mut server = match Server::bind(config.clone()) {
         Ok(server) => server,
         Err(error) => {

@@ -122,3 +122,40 @@ fn the_shipped_config_file_names_every_option_and_is_valid() {
     let (code, stdout, stderr) = callrelay(&["--config", path, "--check-config"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+// SIGHUP reads the config file again: a new ring timeout applies to calls
+// from then on and is logged; a new user id limit is reported as needing
+// a restart (the running value stays).
+#[test]
+fn sighup_rereads_the_file_and_applies_what_can_change() {
+    let path = write("reload", "ring-timeout = 30\nlog-level = info\n");
+    let relay = RelayProcess::start(&["--config", &path]);
+    std::fs::write(
+        &path,
+        "ring-timeout = 1\nlog-level = info\nmax-user-id = 64\n",
+    )
+    .expect("rewrite");
+    let status = Command::new("kill")
+        .args(["-HUP", &relay.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    relay.expect_log(&["SIGHUP: ring: 30s -> ring: 1s"]);
+    relay.expect_log(&["SIGHUP: max-user-id changed in the configuration: it takes a restart"]);
+    let mut alice = relay.client("alice", Framing::LengthPrefixed);
+    let mut bob = relay.client("bob", Framing::LengthPrefixed);
+    let call_id = common::ring(&mut alice, &mut bob, false);
+    assert_eq!(alice.expect_reject("timeout"), call_id);
+    // A file that no longer parses keeps the configuration in use.
+    std::fs::write(&path, "ring-timeout = never\n").expect("rewrite");
+    let status = Command::new("kill")
+        .args(["-HUP", &relay.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    relay.expect_log(&[
+        "SIGHUP:",
+        ":1: --ring-timeout",
+        "the configuration in use stays",
+    ]);
+}

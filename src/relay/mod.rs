@@ -352,6 +352,12 @@ impl Relay {
         }
     }
 
+    /// New ring timeout and resume window (SIGHUP): for calls from now on.
+    pub fn set_timeouts(&mut self, ring_timeout: Duration, resume_window: Duration) {
+        self.ring_timeout = ring_timeout;
+        self.resume_window = resume_window;
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> &RelayStats {
         &self.stats

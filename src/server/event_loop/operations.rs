@@ -32,9 +32,12 @@ impl Server {
         None
     }
 
-    /// SIGHUP: reads the secret file again; if it does not parse, the keys
-    /// in use stay (PROTOCOL.md section 9).
+    /// SIGHUP: reads the `--config` file again (what can change at run
+    /// time changes, and is logged; what cannot is reported as needing a
+    /// restart), then the secret file (if it does not parse, the keys in
+    /// use stay: PROTOCOL.md section 9) and the certificate.
     fn reload(&mut self) {
+        self.reload_config();
         if let Some(path) = self.config.auth.secret_file.clone() {
             match crate::config::load_keys(&path) {
                 Ok(keys) => {
@@ -244,4 +247,74 @@ impl Server {
             active
         )
     }
+
+    /// Reads the configuration again from the command line kept at start
+    /// (only when it names a `--config` file).
+    fn reload_config(&mut self) {
+        let Some(args) = self.config.reload_args.clone() else {
+            return;
+        };
+        match crate::config::parse_args("callrelay", &args) {
+            Ok(crate::config::Command::Run(new)) => self.apply_config(*new),
+            Ok(_) => {}
+            Err(error) => error!("SIGHUP: {error}; the configuration in use stays"),
+        }
+    }
+
+    /// Takes what can change at run time from `new` and logs each change;
+    /// a change that needs a restart is logged and not made.
+    fn apply_config(&mut self, new: Config) {
+        let old = std::mem::replace(&mut self.config, new);
+        let restart = |name: &str, changed: bool| {
+            if changed {
+                warn!(
+                    "SIGHUP: {name} changed in the configuration: it takes a restart; the running value stays"
+                );
+            }
+        };
+        restart("listen", old.listen != self.config.listen);
+        restart(
+            "metrics-listen",
+            old.metrics_listen != self.config.metrics_listen,
+        );
+        restart("reuse-port", old.reuse_port != self.config.reuse_port);
+        restart("cluster options", old.cluster != self.config.cluster);
+        restart(
+            "max-user-id",
+            old.limits.max_user_id != self.config.limits.max_user_id,
+        );
+        self.config.listen = old.listen;
+        self.config.metrics_listen = old.metrics_listen;
+        self.config.reuse_port = old.reuse_port;
+        self.config.cluster = old.cluster.clone();
+        self.config.limits.max_user_id = old.limits.max_user_id;
+        self.config.limits.max_registration = old.limits.max_registration;
+        let before = format!("{old:?}");
+        let after = format!("{:?}", self.config);
+        if before == after {
+            info!("SIGHUP: the configuration is unchanged");
+        } else {
+            for (was, is) in debug_fields(&before).zip(debug_fields(&after)) {
+                if was != is {
+                    info!("SIGHUP: {was} -> {is}");
+                }
+            }
+        }
+        let timeouts = &self.config.timeouts;
+        self.relay
+            .set_timeouts(timeouts.ring, timeouts.resume_window);
+        self.max_input = self.config.limits.max_whole_frame().max(READ_BUFFER_SIZE);
+        if let Some(level) = self.config.log_level {
+            log::set_max_level(level);
+        }
+    }
+}
+
+/// The `name: value` fields of a `{:?}` rendering, innermost first, in order
+/// (both renderings of one type have the same fields in the same order).
+fn debug_fields(rendered: &str) -> impl Iterator<Item = &str> {
+    rendered
+        .split(['{', '}', ','])
+        .map(str::trim)
+        .filter(|field| field.contains(": "))
 }
