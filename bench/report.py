@@ -677,12 +677,48 @@ def build(machine, runs, order, out_dir):
     return "\n".join(lines)
 
 
+def with_charts(text, runs, directory):
+    """The report with a Charts section (before the ratios), drawn by charts.py."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import charts
+
+    per_frame = ("server", "cpu_us_per_frame")
+    gib = ("server", "cpu_s_per_gib")
+    groups = {
+        "paced_relay": Group(runs, PACED, "relay", per_frame),
+        "paced_pipe": Group(runs, PACED, "pipe", per_frame),
+        "paced_direct": Group(runs, PACED, "direct", ("latency_us", "p99")),
+        "floods": [(f"1 KiB {f} {p}p", Group(runs, f"flood1k-{f}-p{p}", "relay", gib),
+                    Group(runs, f"flood1k-{f}-p{p}", "pipe", gib)) for f, p in FLOOD_1K]
+        + [(f"TLS 1 KiB {p}p", Group(runs, prefix, "relay", gib), Group(runs, prefix, "pipe", gib))
+           for p, prefix in TLS_1K],
+        "per_frame": [("relay", Group(runs, PACED, "relay", per_frame)),
+                      ("HAProxy", Group(runs, PACED, "pipe", per_frame)),
+                      ("cluster, same node", Group(runs, CLUSTER, "same", per_frame)),
+                      ("cluster, across nodes", Group(runs, CLUSTER, "cross", per_frame))],
+    }
+    drawn = charts.write(groups, runs, directory, get)
+    lines = ["## Charts", ""]
+    if drawn is None:
+        lines.append("matplotlib is not installed: no charts (bench/run.sh installs it from PyPI).")
+    elif not drawn:
+        lines.append("No scenario of this run has data for a chart.")
+    else:
+        lines.append("Drawn from the same runs as the tables below (bench/charts.py).")
+        for title, path in drawn:
+            lines += ["", f"**{title}**", "", f"![{title}]({path})"]
+    section = "\n".join(lines) + "\n\n"
+    at = text.find("## Ratios")
+    return text[:at] + section + text[at:] if at >= 0 else text + "\n" + section
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: report.py OUT_DIR RESULTS_MD")
     out_dir, target = sys.argv[1], sys.argv[2]
     machine, runs, order = load(out_dir)
     text = build(machine, runs, order, out_dir)
+    text = with_charts(text, runs, os.path.dirname(os.path.abspath(target)))
     with open(target, "w", encoding="utf-8") as handle:
         handle.write(text)
     failed = sum(1 for i in order if not ok(runs[i]))

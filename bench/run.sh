@@ -263,6 +263,12 @@ ensure_package() {
         die "apt-get install $package failed"
 }
 ensure_package haproxy haproxy
+# The charts of the report (bench/charts.py).
+if ! python3 -c "import matplotlib" 2>/dev/null; then
+    say "matplotlib is missing: installing it from PyPI"
+    record "python3 -m pip install matplotlib"
+    python3 -m pip install --quiet --disable-pip-version-check matplotlib || die "pip install matplotlib failed"
+fi
 if want cluster; then
     ensure_package redis-server redis-server
 fi

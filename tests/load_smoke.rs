@@ -351,6 +351,10 @@ fn paced_media(framing: &str) {
         (150.0..=450.0).contains(&sent),
         "3 streams at 100 frames/s for 1 s sent {sent} frames: {json}"
     );
+    // The charts' series: latency per second of the window, and the CDF.
+    assert!(json.contains("\"seconds\":[{\"start_s\":0,"), "{json}");
+    assert!(json.contains("\"latency_cdf_us\":[{\"q\":0.01"), "{json}");
+    assert!(json.contains("{\"q\":1,\"us\":"), "{json}");
 }
 
 #[test]

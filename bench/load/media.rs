@@ -170,6 +170,8 @@ struct Tally {
     latency: Histogram<u64>,
     /// Latency of the frames that arrived in each slice of the window.
     slices: Vec<(u64, Histogram<u64>)>,
+    /// The same per second of the window (the charts' series).
+    seconds: Vec<(u64, Histogram<u64>)>,
 }
 
 /// The measurement window, in send stamps.
@@ -408,6 +410,7 @@ impl<'a> Run<'a> {
                 errors: 0,
                 latency: report::latency_histogram(),
                 slices: Vec::new(),
+                seconds: Vec::new(),
             },
             window: StampWindow {
                 start: u64::MAX,
@@ -760,15 +763,9 @@ impl<'a> Run<'a> {
                     tally.delivered_bytes += size;
                     let latency = payload::elapsed_nanos(frame.stamp, arrival).max(1);
                     let _ = tally.latency.record(latency);
-                    let slice = payload::elapsed_nanos(window.start, arrival) / slice_ns;
-                    if slice < 1 << 20 {
-                        let slice = slice as usize;
-                        while tally.slices.len() <= slice {
-                            let start = tally.slices.len() as u64 * slice_ns;
-                            tally.slices.push((start, report::latency_histogram()));
-                        }
-                        let _ = tally.slices[slice].1.record(latency);
-                    }
+                    let since = payload::elapsed_nanos(window.start, arrival);
+                    record_in_slice(&mut tally.slices, since, slice_ns, latency);
+                    record_in_slice(&mut tally.seconds, since, 1_000_000_000, latency);
                 }
             });
             if fed.is_err() {
@@ -831,6 +828,8 @@ impl<'a> Run<'a> {
             )
             .num("slice_s", self.options.slice.as_secs_f64())
             .arr("slices", &slice_json(&tally.slices))
+            .arr("seconds", &slice_json(&tally.seconds))
+            .arr("latency_cdf_us", &report::latency_cdf_json(&tally.latency))
             .num("errors", tally.errors as f64);
         if let Some(server) = server {
             let gib = tally.delivered_bytes as f64 / (1024.0 * 1024.0 * 1024.0);
@@ -919,6 +918,26 @@ impl<'a> Run<'a> {
             ok: tally.errors == 0 && sent > 0,
         }
     }
+}
+
+/// Records `latency` in the slice of `slice_ns` that `since` (ns from the
+/// window start) falls in, adding slices as needed (bounded: 2^20).
+fn record_in_slice(
+    slices: &mut Vec<(u64, Histogram<u64>)>,
+    since: u64,
+    slice_ns: u64,
+    latency: u64,
+) {
+    let slice = since / slice_ns;
+    if slice >= 1 << 20 {
+        return;
+    }
+    let slice = slice as usize;
+    while slices.len() <= slice {
+        let start = slices.len() as u64 * slice_ns;
+        slices.push((start, report::latency_histogram()));
+    }
+    let _ = slices[slice].1.record(latency);
 }
 
 /// The per-slice latency as JSON objects (start of the slice from the

@@ -101,6 +101,24 @@ pub fn latency_json(histogram: &Histogram<u64>) -> Json {
     json
 }
 
+/// The latency distribution as (quantile, microseconds) points, for a CDF.
+pub fn latency_cdf_json(histogram: &Histogram<u64>) -> Vec<Json> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    let mut quantiles: Vec<f64> = (1..=99).map(|percent| f64::from(percent) / 100.0).collect();
+    quantiles.extend([0.995, 0.999, 0.9995, 0.9999, 1.0]);
+    quantiles
+        .into_iter()
+        .map(|quantile| {
+            let mut json = Json::default();
+            json.num("q", quantile)
+                .num("us", histogram.value_at_quantile(quantile) as f64 / 1000.0);
+            json
+        })
+        .collect()
+}
+
 /// "p50 12.3 us, p99 45.6 us, p99.9 78.9 us, max 1.2 ms".
 pub fn latency_line(histogram: &Histogram<u64>) -> String {
     if histogram.is_empty() {
