@@ -30,24 +30,26 @@ def write(groups, runs, directory, get):
         plt.close(fig)
         drawn.append((title, f"charts/{name}"))
 
-    # 1. The slow receiver: p99 one-way delay per second, relay vs HAProxy.
+    # 1. The slow receiver: p50 and p99 one-way delay per second, relay vs HAProxy.
     fig, ax = plt.subplots(figsize=(8, 4))
     plotted = False
-    for run_id, label in (("slow-relay", "relay"), ("slow-pipe", "HAProxy")):
+    for run_id, label, color in (("slow-relay", "relay", "tab:blue"), ("slow-pipe", "HAProxy", "tab:orange")):
         seconds = get(runs.get(run_id), "seconds") or []
-        points = [(s["start_s"], s["latency_us"]["p99"] / 1000.0) for s in seconds
-                  if s.get("frames") and s.get("latency_us", {}).get("p99") is not None]
-        if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label)
-            plotted = True
+        for quantile, style in (("p99", "-"), ("p50", "--")):
+            points = [(s["start_s"], s["latency_us"][quantile] / 1000.0) for s in seconds
+                      if s.get("frames") and s.get("latency_us", {}).get(quantile) is not None]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], style, color=color, marker=".",
+                        label=f"{label} {quantile}")
+                plotted = True
     if plotted:
         ax.set_xlabel("seconds into the window")
-        ax.set_ylabel("p99 one-way delay (ms)")
+        ax.set_ylabel("one-way delay (ms)")
         ax.set_yscale("log")
         ax.set_title("Slow receiver (1200 B x 100/s, reader 60 KB/s): delay per second")
         ax.legend()
         ax.grid(True, which="both", alpha=0.3)
-        save(fig, "slow-receiver-delay.png", "Slow receiver: p99 one-way delay per second, relay vs HAProxy")
+        save(fig, "slow-receiver-delay.png", "Slow receiver: p50 and p99 one-way delay per second, relay vs HAProxy")
     else:
         plt.close(fig)
 
