@@ -261,7 +261,7 @@ fn call_ids_are_unique_across_nodes() {
     let mut bob = b.client("bob", FRAMED);
     wait_reachable(&mut alice, &mut bob);
     let mut seen = std::collections::HashSet::new();
-    for round in 0..500 {
+    for round in 0..1000 {
         let (caller, callee) = if round % 2 == 0 {
             (&mut alice, &mut bob)
         } else {
